@@ -1,0 +1,101 @@
+"""Files that must never be half-written, and the checks that make bad files fail clearly.
+
+* :func:`atomic_write_bytes` / :func:`atomic_write_text`: write to a temporary file in the same
+  folder, ``fsync``, then ``os.replace``: a reader sees the old file or the new one, never a
+  torn one, even if the process is killed mid-write.
+* :func:`load_sb3_model`: loads an SB3 zip with errors that say which file is bad and why
+  (missing, truncated/corrupt, or trained with another structure or shape).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Type
+
+from rlstruct.errors import RLStructError
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (same-folder temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_sb3_model(model: Any, path: os.PathLike) -> None:
+    """``model.save`` into memory, then an atomic write to ``path``."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_pickle_atomic(obj: Any, path: os.PathLike) -> None:
+    import pickle
+
+    atomic_write_bytes(path, pickle.dumps(obj))
+
+
+def load_sb3_model(
+    algo_class: Type, path: os.PathLike, env: Optional[Any] = None, device: str = "cpu"
+) -> Any:
+    """``algo_class.load(path, env)`` with one-line errors for every way a file can be bad."""
+    path = Path(path)
+    if not path.is_file():
+        raise RLStructError(f"model file {path} does not exist; check the run folder path")
+    if not zipfile.is_zipfile(path):
+        raise RLStructError(
+            f"model file {path} is corrupt or truncated (not a valid zip); "
+            "re-train, or resume from an earlier checkpoint"
+        )
+    try:
+        return algo_class.load(path, env=env, device=device)
+    except RuntimeError as exc:  # state_dict key or shape mismatch
+        first = str(exc).strip().splitlines()[0]
+        raise RLStructError(
+            f"model file {path} does not match the policy it is loaded into ({first}); "
+            "it was trained with another structure or shape: use the config saved with it"
+        ) from None
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as exc:
+        raise RLStructError(
+            f"model file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+            "re-train, or resume from an earlier checkpoint"
+        ) from None
+
+
+def load_pickle(path: os.PathLike, what: str) -> Any:
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise RLStructError(f"{what} file {path} does not exist")
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    except Exception as exc:  # any unpickling failure means a damaged file
+        raise RLStructError(
+            f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); "
+            "re-train, or resume from an earlier checkpoint"
+        ) from None

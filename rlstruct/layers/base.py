@@ -1,0 +1,168 @@
+"""The common base of every structured linear map.
+
+A structured layer computes ``y = x W^T + b`` where ``W`` (``out_features x in_features``) is
+never stored: it is a function of a few structured parameters (angles, a Toeplitz diagonal, ...).
+Each family implements two ways to apply ``W``:
+
+* :meth:`StructuredLinear.to_dense` builds ``W`` from the structured parameters with a handful
+  of tensor ops (differentiable). At reinforcement-learning widths (64 to 256) one matmul with a
+  freshly built ``W`` is the fastest path on a CPU, because the cost there is the number of
+  dispatched ops, not FLOPs.
+* :meth:`StructuredLinear.apply_structured` applies the structure directly (stage by stage,
+  FFT, ...). It is the reference the tests compare ``to_dense`` against, and the fast path at
+  large widths where ``O(n log n)`` beats ``O(n^2)``.
+
+:meth:`forward` picks between them by :attr:`dense_threshold`, and while gradients are off it
+reuses the built ``W`` until a parameter changes (rollouts then cost what ``nn.Linear`` costs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlstruct.errors import RLStructError
+
+
+class StructuredLinear(nn.Module):
+    """Base class: an affine map ``(..., in_features) -> (..., out_features)``.
+
+    Subclasses set their structured parameters in ``__init__`` (after calling this one), then
+    call :meth:`reset_parameters`; they implement :meth:`to_dense` and, where a fast transform
+    exists, :meth:`apply_structured`.
+
+    Args:
+        in_features: size of each input sample (>= 1).
+        out_features: size of each output sample (>= 1).
+        bias: learn an additive bias of shape ``(out_features,)``.
+        dense_threshold: widths (``max(in, out)``) up to this use the build-then-matmul path in
+            :meth:`forward`; larger ones use :meth:`apply_structured`. ``None`` keeps the
+            family's default.
+    """
+
+    #: registry name of the family, set by :func:`rlstruct.layers.registry.register`.
+    structure: str = "structured"
+    #: default switch-over width from the dense path to the structured path.
+    default_dense_threshold: int = 1 << 30
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dense_threshold: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RLStructError(
+                    f"{type(self).__name__}: {name} must be a positive integer, got {value!r}; "
+                    "pass layer sizes >= 1"
+                )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dense_threshold = (
+            self.default_dense_threshold if dense_threshold is None else int(dense_threshold)
+        )
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features))
+        else:
+            self.register_parameter("bias", None)
+        self._cached_weight: Optional[torch.Tensor] = None
+        self._cache_key: Optional[tuple] = None
+
+    # ----------------------------------------------------------------------------------------
+    # what a family implements
+    def to_dense(self) -> torch.Tensor:
+        """The weight matrix ``W`` of shape ``(out_features, in_features)``, differentiable."""
+        raise NotImplementedError
+
+    def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T`` without the bias, by the structured algorithm.
+
+        Shape: ``(batch, in_features) -> (batch, out_features)``. The default multiplies by
+        :meth:`to_dense`; families with a fast transform override it.
+        """
+        return x @ self.to_dense().t()
+
+    def reset_structure(self) -> None:
+        """Initialize the structured parameters (the bias is handled by the base class)."""
+
+    # ----------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Re-draw the structured parameters and the bias, like ``nn.Linear.reset_parameters``."""
+        self.reset_structure()
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            with torch.no_grad():
+                self.bias.uniform_(-bound, bound)
+        self._cached_weight = None
+
+    def init_like_orthogonal(self, gain: float) -> None:
+        """The counterpart of SB3's orthogonal initialization (``orthogonal_(W, gain)``, zero bias).
+
+        Policies call this where SB3 would orthogonally initialize an ``nn.Linear``. The default
+        zeroes the bias and keeps the family's own initialization of ``W``; families that can
+        match an orthogonal matrix of norm ``gain`` (dense, KAMA) override it.
+        """
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
+
+    def num_parameters(self) -> int:
+        """Number of learned scalars (trainable parameters, bias included)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def dense_num_parameters(self) -> int:
+        """What an ``nn.Linear`` of the same shape (and bias setting) would learn."""
+        return self.in_features * self.out_features + (
+            self.out_features if self.bias is not None else 0
+        )
+
+    def uses_dense_path(self) -> bool:
+        return max(self.in_features, self.out_features) <= self.dense_threshold
+
+    def _weight_for_inference(self) -> torch.Tensor:
+        # Without autograd the built matrix can be reused until a parameter is modified.
+        # Parameter `_version` counters are bumped by every in-place update (optimizer steps,
+        # load_state_dict), so they detect staleness without hashing the data.
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+        if self._cached_weight is None or key != self._cache_key:
+            self._cached_weight = self.to_dense().detach()
+            self._cache_key = key
+        return self._cached_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Shape: ``(..., in_features) -> (..., out_features)``."""
+        if x.shape[-1] != self.in_features:
+            raise RLStructError(
+                f"{type(self).__name__} expects inputs with last dimension {self.in_features}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if self.uses_dense_path():
+            if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+                weight = self.to_dense()
+            else:
+                weight = self._weight_for_inference()
+            return F.linear(x, weight, self.bias)
+        lead = x.shape[:-1]
+        y = self.apply_structured(x.reshape(-1, self.in_features))
+        y = y.reshape(*lead, self.out_features)
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, params={self.num_parameters()}"
+        )
+
+    def __getstate__(self):
+        # The inference cache is derived data: never pickle it.
+        state = self.__dict__.copy()
+        state["_cached_weight"] = None
+        state["_cache_key"] = None
+        return state

@@ -1,0 +1,200 @@
+"""KAMA layers: products of Givens rotations with learned (or random) angles.
+
+A Givens rotation ``G(p, q, theta)`` mixes two coordinates::
+
+    x_p <- cos(theta) x_p - sin(theta) x_q
+    x_q <- sin(theta) x_p + cos(theta) x_q      (both from the *old* x_p, x_q)
+
+A *stage* applies ``n / 2`` rotations on disjoint pairs at once. A KAMA layer is
+``W = D G_L ... G_2 G_1`` on a working size ``n >= max(in, out)``: the input is zero-padded to
+``n``, rotated, scaled by the diagonal ``D`` and sliced to ``out`` coordinates.
+
+Layouts:
+
+* ``butterfly``: ``n`` a power of two, ``log2 n`` stages; stage ``s`` pairs ``i`` with
+  ``i + 2**s`` (bit ``s`` of ``i`` clear), so every output depends on every input.
+* ``random``: ``n`` even, ``n_stages`` stages (default ``ceil(log2 n)``), each a random perfect
+  matching of the coordinates, drawn from ``seed`` (a Kac-walk style product).
+
+Stage representation (shared with the fused kernels): ``pairs`` of shape ``(L, n)`` lists, for
+stage ``l``, the coordinates ``p_0, q_0, p_1, q_1, ...``; ``angles[l, k]`` rotates
+``(pairs[l, 2k], pairs[l, 2k+1])``. Treating each pair as a complex number ``x_p + i x_q``,
+a rotation is a multiplication by ``exp(i theta)``: one complex multiply per stage.
+
+Parameters per layer: ``n_blocks * L * n / 2`` angles, ``n`` diagonal entries (if
+``diagonal``), ``out`` bias: e.g. 256 + 64 for a 64 x 64 layer, against 4160 dense.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rlstruct.errors import RLStructError
+from rlstruct.layers.base import StructuredLinear
+from rlstruct.layers.registry import register
+
+LAYOUTS = ("butterfly", "random")
+MODES = ("learned", "random")
+
+
+def butterfly_pairs(n: int) -> torch.Tensor:
+    """Pairs of the butterfly layout for a power-of-two ``n``: shape ``(log2 n, n)``."""
+    stages = []
+    idx = torch.arange(n)
+    for s in range(int(math.log2(n))):
+        stride = 1 << s
+        p = idx[(idx & stride) == 0]
+        stages.append(torch.stack([p, p + stride], dim=1).reshape(-1))
+    return torch.stack(stages)
+
+
+def random_pairs(n: int, n_stages: int, generator: torch.Generator) -> torch.Tensor:
+    """``n_stages`` random perfect matchings of ``n`` (even) coordinates: shape ``(L, n)``."""
+    return torch.stack([torch.randperm(n, generator=generator) for _ in range(n_stages)])
+
+
+def apply_givens(
+    x: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor
+) -> torch.Tensor:
+    """Rotate the rows of ``x`` by every stage in order (pure-torch reference path).
+
+    Shapes: ``x`` ``(batch, n)``, ``pairs`` ``(L, n)`` (long), ``angles`` ``(L, n/2)``;
+    returns ``(batch, n)`` in the original coordinate order.
+    """
+    batch, n = x.shape
+    rotations = torch.polar(torch.ones_like(angles), angles)  # (L, n/2) complex
+    # Work in "pair order" of the current stage, gathering once per stage: the gather for stage
+    # l+1 composes the inverse of stage l's order with stage l+1's order.
+    order = torch.arange(n, device=x.device)
+    inverse = torch.empty_like(order)
+    for stage in range(pairs.shape[0]):
+        perm = pairs[stage]
+        inverse[order] = torch.arange(n, device=x.device)
+        x = x.index_select(1, inverse[perm])
+        z = torch.view_as_complex(x.reshape(batch, n // 2, 2).contiguous()) * rotations[stage]
+        x = torch.view_as_real(z).reshape(batch, n)
+        order = perm
+    inverse[order] = torch.arange(n, device=x.device)
+    return x.index_select(1, inverse)
+
+
+@register("kama")
+class KamaLinear(StructuredLinear):
+    """Product of Givens rotations times a diagonal, padded/sliced to ``in -> out``.
+
+    Args:
+        in_features, out_features, bias: as in ``nn.Linear``.
+        layout: ``"butterfly"`` (``log2 n`` stages) or ``"random"`` (random pairs).
+        n_stages: stages per block for the ``random`` layout (default ``ceil(log2 n)``).
+        n_blocks: how many rotation products to chain (each with its own angles).
+        diagonal: learn a diagonal scale ``D`` (else ``D = scale_init * I``, fixed).
+        mode: ``"learned"`` trains the angles; ``"random"`` draws them from ``seed`` and freezes
+            them (only the diagonal and bias learn), the random-feature setting of the paper.
+        seed: seed for the random layout and random-mode angles (``None``: torch's global RNG).
+        scale_init: initial value of the diagonal.
+
+    Shapes: ``angles`` ``(n_blocks * L, n / 2)``, ``scale`` ``(n,)``, ``pairs`` ``(n_blocks * L, n)``.
+    """
+
+    default_dense_threshold = 512
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        layout: str = "butterfly",
+        n_stages: Optional[int] = None,
+        n_blocks: int = 1,
+        diagonal: bool = True,
+        mode: str = "learned",
+        seed: Optional[int] = None,
+        scale_init: float = 1.0,
+        dense_threshold: Optional[int] = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, dense_threshold)
+        if layout not in LAYOUTS:
+            raise RLStructError(f"kama: unknown layout {layout!r}; choose one of {LAYOUTS}")
+        if mode not in MODES:
+            raise RLStructError(f"kama: unknown mode {mode!r}; choose one of {MODES}")
+        if n_blocks < 1:
+            raise RLStructError(f"kama: n_blocks must be >= 1, got {n_blocks}")
+        width = max(in_features, out_features, 2)
+        if layout == "butterfly":
+            if n_stages is not None:
+                raise RLStructError(
+                    "kama: n_stages applies to layout=random only (butterfly has log2(n) stages)"
+                )
+            n = 1 << (width - 1).bit_length()
+        else:
+            n = width + (width % 2)
+            if n_stages is None:
+                n_stages = max(1, math.ceil(math.log2(n)))
+            if n_stages < 1:
+                raise RLStructError(f"kama: n_stages must be >= 1, got {n_stages}")
+        self.layout, self.mode, self.n_blocks = layout, mode, n_blocks
+        self.diagonal, self.seed, self.scale_init = diagonal, seed, scale_init
+        self.n = n
+        # With no seed, draw one from torch's global RNG so torch.manual_seed still fixes it.
+        self._draw_seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
+        generator = torch.Generator().manual_seed(self._draw_seed)
+        blocks = []
+        for _ in range(n_blocks):
+            if layout == "butterfly":
+                blocks.append(butterfly_pairs(n))
+            else:
+                blocks.append(random_pairs(n, n_stages, generator))
+        pairs = torch.cat(blocks)
+        # The layout is part of the model: persistent, so a saved policy reloads the same pairs.
+        self.register_buffer("pairs", pairs)
+        angles = torch.empty(pairs.shape[0], n // 2)
+        if mode == "learned":
+            self.angles = nn.Parameter(angles)
+        else:
+            self.register_buffer("angles", angles)
+        if diagonal:
+            self.scale = nn.Parameter(torch.empty(n))
+        else:
+            self.register_buffer("scale", torch.empty(n))
+        self.reset_parameters()
+
+    @property
+    def n_stages_total(self) -> int:
+        return self.pairs.shape[0]
+
+    def reset_structure(self) -> None:
+        with torch.no_grad():
+            # Angles uniform on [0, 2 pi): the Kac random walk's distribution.
+            generator = torch.Generator().manual_seed(self._draw_seed + 1)
+            self.angles.copy_(torch.rand(self.angles.shape, generator=generator) * (2 * math.pi))
+            self.scale.fill_(self.scale_init)
+
+    def init_like_orthogonal(self, gain: float) -> None:
+        # Rotations are orthogonal already: a diagonal of `gain` gives SB3's ortho init norm.
+        super().init_like_orthogonal(gain)
+        with torch.no_grad():
+            self.scale.fill_(gain)
+
+    def _rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, in) -> (batch, out)``: pad, rotate, scale, slice."""
+        if self.in_features < self.n:
+            x = nn.functional.pad(x, (0, self.n - self.in_features))
+        y = apply_givens(x, self.pairs, self.angles.to(x.dtype))
+        return y[:, : self.out_features] * self.scale[: self.out_features].to(x.dtype)
+
+    def to_dense(self) -> torch.Tensor:
+        eye = torch.eye(self.in_features, dtype=self.scale.dtype, device=self.scale.device)
+        return self._rotate(eye).t()
+
+    def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
+        return self._rotate(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, n={self.n}, layout={self.layout}, "
+            f"stages={self.n_stages_total}, mode={self.mode}"
+        )

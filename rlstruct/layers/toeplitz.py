@@ -1,0 +1,60 @@
+"""Toeplitz layers: a matrix constant along each diagonal."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from rlstruct.layers.base import StructuredLinear
+from rlstruct.layers.registry import register
+
+
+@register("toeplitz")
+class ToeplitzLinear(StructuredLinear):
+    """Rectangular Toeplitz weight: ``W[i, j] = t[i - j + in_features - 1]``.
+
+    Parameters: ``in + out - 1`` (+ ``out`` bias). Dense path: one gather builds ``W``.
+    Structured path: a linear convolution by FFT, ``O((in + out) log(in + out))`` per sample.
+
+    Shapes: ``t`` is ``(in_features + out_features - 1,)``; its last ``out_features`` entries
+    fill the first column and its first ``in_features`` entries (reversed) the first row.
+    """
+
+    default_dense_threshold = 1024
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dense_threshold: Optional[int] = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, dense_threshold)
+        self.diagonals = nn.Parameter(torch.empty(in_features + out_features - 1))
+        rows = torch.arange(out_features).unsqueeze(1)
+        cols = torch.arange(in_features).unsqueeze(0)
+        self.register_buffer("index", rows - cols + in_features - 1, persistent=False)
+        self.reset_parameters()
+
+    def reset_structure(self) -> None:
+        # Same variance as nn.Linear's default (uniform with bound 1/sqrt(fan_in)).
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            self.diagonals.uniform_(-bound, bound)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.diagonals[self.index]
+
+    def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
+        # y[b, i] = sum_j t[i - j + n - 1] x[b, j]: the full linear convolution of x with t,
+        # read at positions n-1 .. n-1+m-1.
+        n, m = self.in_features, self.out_features
+        size = n + (n + m - 1) - 1
+        fft_size = 1 << (size - 1).bit_length()
+        xf = torch.fft.rfft(x, n=fft_size)
+        tf = torch.fft.rfft(self.diagonals, n=fft_size)
+        full = torch.fft.irfft(xf * tf, n=fft_size)
+        return full[:, n - 1 : n - 1 + m]

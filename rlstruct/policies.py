@@ -1,0 +1,257 @@
+"""Stable-Baselines3 glue: actor-critic policies whose hidden layers are structured.
+
+Importing this module registers ``"StructuredMlpPolicy"`` with PPO (and TRPO when sb3-contrib is
+installed), so::
+
+    PPO("StructuredMlpPolicy", env, policy_kwargs=dict(structure="kama"))
+
+works, and a saved model loads back with plain ``PPO.load(path)``: the structure and its options
+are constructor parameters that SB3 stores in the zip file.
+
+The action and value heads stay dense ``nn.Linear`` layers (as in the KAMA and Toeplitz papers'
+policies); the hidden layers of the actor and of the critic are structured, each side with its
+own structure, sizes and activation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.policies import ActorCriticPolicy
+from torch import nn
+
+from rlstruct.errors import RLStructError
+from rlstruct.layers import StructuredLinear, make_layer
+
+ACTIVATIONS: Dict[str, Type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "identity": nn.Identity,
+}
+
+ActivationSpec = Union[str, Type[nn.Module]]
+
+
+def resolve_activation(spec: ActivationSpec) -> Type[nn.Module]:
+    """An activation class from a class or a name such as ``"tanh"``."""
+    if isinstance(spec, str):
+        try:
+            return ACTIVATIONS[spec.lower()]
+        except KeyError:
+            raise RLStructError(
+                f"unknown activation {spec!r}; choose one of: {', '.join(ACTIVATIONS)}"
+            ) from None
+    if isinstance(spec, type) and issubclass(spec, nn.Module):
+        return spec
+    raise RLStructError(f"activation must be a name or an nn.Module class, got {spec!r}")
+
+
+def build_structured_mlp(
+    in_features: int,
+    hidden_sizes: List[int],
+    structure: str,
+    activation: Type[nn.Module],
+    layer_kwargs: Optional[Dict[str, Any]] = None,
+) -> nn.Sequential:
+    """``[structured layer, activation] * len(hidden_sizes)`` as an ``nn.Sequential``."""
+    layers: List[nn.Module] = []
+    last = in_features
+    for size in hidden_sizes:
+        layers.append(make_layer(structure, last, int(size), bias=True, **(layer_kwargs or {})))
+        layers.append(activation())
+        last = int(size)
+    return nn.Sequential(*layers)
+
+
+class StructuredMlpExtractor(nn.Module):
+    """SB3's ``MlpExtractor`` contract with structured hidden layers.
+
+    Shapes: ``forward`` maps features ``(batch, feature_dim)`` to
+    ``(latent_pi (batch, latent_dim_pi), latent_vf (batch, latent_dim_vf))``.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        pi_sizes: List[int],
+        vf_sizes: List[int],
+        structure: str,
+        critic_structure: str,
+        activation: Type[nn.Module],
+        critic_activation: Type[nn.Module],
+        layer_kwargs: Optional[Dict[str, Any]] = None,
+        critic_layer_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        self.policy_net = build_structured_mlp(
+            feature_dim, pi_sizes, structure, activation, layer_kwargs
+        )
+        self.value_net = build_structured_mlp(
+            feature_dim, vf_sizes, critic_structure, critic_activation, critic_layer_kwargs
+        )
+        self.latent_dim_pi = int(pi_sizes[-1]) if pi_sizes else feature_dim
+        self.latent_dim_vf = int(vf_sizes[-1]) if vf_sizes else feature_dim
+
+    def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        return self.policy_net(features)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        return self.value_net(features)
+
+
+def _split_net_arch(net_arch: Any) -> Tuple[List[int], List[int]]:
+    if net_arch is None:
+        return [64, 64], [64, 64]
+    if isinstance(net_arch, dict):
+        unknown = set(net_arch) - {"pi", "vf"}
+        if unknown:
+            raise RLStructError(
+                f"net_arch has unknown keys {sorted(unknown)}; use dict(pi=[...], vf=[...])"
+            )
+        return list(net_arch.get("pi", [])), list(net_arch.get("vf", []))
+    return list(net_arch), list(net_arch)
+
+
+class StructuredActorCriticPolicy(ActorCriticPolicy):
+    """An ``ActorCriticPolicy`` whose hidden layers are structured matrices.
+
+    Args:
+        structure: registered structure of the actor's hidden layers (``"dense"``, ``"kama"``,
+            ``"toeplitz"``, ... see :func:`rlstruct.layers.available_structures`).
+        critic_structure: structure of the critic's hidden layers (default: ``structure``).
+        layer_kwargs: options for the actor's layers (e.g. ``dict(layout="random")``).
+        critic_layer_kwargs: options for the critic's layers (default: ``layer_kwargs`` when the
+            critic has the same structure, else none).
+        critic_activation_fn: activation of the critic (default: ``activation_fn``).
+        net_arch: ``dict(pi=[...], vf=[...])`` or one list for both (SB3's convention);
+            default ``dict(pi=[64, 64], vf=[64, 64])``.
+        activation_fn: activation of the actor, a class or a name (``"tanh"``, ``"relu"``...).
+        **kwargs: everything else ``ActorCriticPolicy`` accepts.
+
+    With ``ortho_init`` (SB3's default) a dense layer is orthogonally initialized exactly as in
+    ``MlpPolicy``; a structured layer gets its family's counterpart
+    (:meth:`StructuredLinear.init_like_orthogonal`).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        structure: str = "dense",
+        critic_structure: Optional[str] = None,
+        layer_kwargs: Optional[Dict[str, Any]] = None,
+        critic_layer_kwargs: Optional[Dict[str, Any]] = None,
+        critic_activation_fn: Optional[ActivationSpec] = None,
+        activation_fn: ActivationSpec = nn.Tanh,
+        **kwargs: Any,
+    ) -> None:
+        self.structure = structure
+        self.critic_structure = critic_structure or structure
+        self.layer_kwargs = dict(layer_kwargs or {})
+        if critic_layer_kwargs is None and self.critic_structure == structure:
+            critic_layer_kwargs = self.layer_kwargs
+        self.critic_layer_kwargs = dict(critic_layer_kwargs or {})
+        activation = resolve_activation(activation_fn)
+        self.critic_activation_fn = resolve_activation(critic_activation_fn or activation)
+        super().__init__(*args, activation_fn=activation, **kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        pi_sizes, vf_sizes = _split_net_arch(self.net_arch)
+        self.mlp_extractor = StructuredMlpExtractor(
+            self.features_dim,
+            pi_sizes,
+            vf_sizes,
+            self.structure,
+            self.critic_structure,
+            self.activation_fn,
+            self.critic_activation_fn,
+            self.layer_kwargs,
+            self.critic_layer_kwargs,
+        ).to(self.device)
+
+    @staticmethod
+    def init_weights(module: nn.Module, gain: float = 1) -> None:
+        if isinstance(module, StructuredLinear):
+            module.init_like_orthogonal(gain)
+        else:
+            ActorCriticPolicy.init_weights(module, gain)
+
+    def _get_constructor_parameters(self) -> Dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(
+            structure=self.structure,
+            critic_structure=self.critic_structure,
+            layer_kwargs=self.layer_kwargs,
+            critic_layer_kwargs=self.critic_layer_kwargs,
+            critic_activation_fn=self.critic_activation_fn,
+        )
+        return data
+
+    # ------------------------------------------------------------------------------------------
+    def parameter_counts(self) -> Dict[str, int]:
+        """Learned parameters of the actor, the critic and in total, with dense equivalents.
+
+        ``actor`` counts the actor's hidden layers, the action head and ``log_std``; ``critic``
+        the critic's hidden layers and value head. ``dense_*`` is what the same network with
+        ``nn.Linear`` hidden layers would learn.
+        """
+
+        def count(modules: List[nn.Module]) -> int:
+            return sum(
+                p.numel() for m in modules for p in m.parameters() if p.requires_grad
+            )
+
+        def dense_equivalent(net: nn.Module) -> int:
+            return sum(
+                m.dense_num_parameters() if isinstance(m, StructuredLinear)
+                else sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad)
+                for m in net.modules()
+            )
+
+        actor_extra = [self.action_net]
+        log_std = self.log_std.numel() if isinstance(getattr(self, "log_std", None), nn.Parameter) else 0
+        actor = count([self.mlp_extractor.policy_net] + actor_extra) + log_std
+        critic = count([self.mlp_extractor.value_net, self.value_net])
+        dense_actor = dense_equivalent(self.mlp_extractor.policy_net) + count(actor_extra) + log_std
+        dense_critic = dense_equivalent(self.mlp_extractor.value_net) + count([self.value_net])
+        return {
+            "actor": actor,
+            "critic": critic,
+            "total": actor + critic,
+            "dense_actor": dense_actor,
+            "dense_critic": dense_critic,
+            "dense_total": dense_actor + dense_critic,
+        }
+
+
+POLICY_NAME = "StructuredMlpPolicy"
+
+
+def register_policy_aliases() -> None:
+    """Make ``"StructuredMlpPolicy"`` a policy name for PPO (and sb3-contrib's TRPO)."""
+    PPO.policy_aliases[POLICY_NAME] = StructuredActorCriticPolicy
+    try:
+        from sb3_contrib import TRPO
+    except ImportError:  # sb3-contrib is optional for users who only run PPO
+        return
+    TRPO.policy_aliases[POLICY_NAME] = StructuredActorCriticPolicy
+
+
+register_policy_aliases()
+
+__all__ = [
+    "POLICY_NAME",
+    "StructuredActorCriticPolicy",
+    "StructuredMlpExtractor",
+    "register_policy_aliases",
+    "resolve_activation",
+]

@@ -1,0 +1,506 @@
+"""Build an environment, an algorithm and a structured policy from a config, and run it.
+
+This module is the only one that knows the layout of a run folder::
+
+    <run_dir>/
+      config.yaml          the resolved config the run was started with
+      metrics.json         status, parameter counts, final evaluation, timing, git commit
+      evaluations.csv      periodic evaluations: step, mean, std, wall time
+      model.zip            final SB3 model (loads with PPO.load / TRPO.load)
+      vecnormalize.pkl     observation/reward normalization statistics (if normalized)
+      checkpoints/         step_<N>/{model.zip, vecnormalize.pkl, state.json}, latest.json
+      tb/                  tensorboard event files
+
+The config is a plain mapping (Hydra's ``DictConfig`` converted with ``OmegaConf.to_container``)
+so nothing here imports Hydra.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from rlstruct.errors import RLStructError
+from rlstruct.io import (
+    atomic_write_json,
+    atomic_write_text,
+    load_pickle,
+    load_sb3_model,
+    save_pickle_atomic,
+    save_sb3_model,
+)
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+EVAL_FILE = "evaluations.csv"
+MODEL_FILE = "model.zip"
+VECNORM_FILE = "vecnormalize.pkl"
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest.json"
+TB_DIR = "tb"
+
+
+# --------------------------------------------------------------------------------------------
+# algorithms
+def algo_class(name: str) -> type:
+    """The SB3 algorithm class for a config name (``ppo``, ``trpo``)."""
+    from stable_baselines3 import PPO
+
+    import rlstruct.policies  # noqa: F401  (registers "StructuredMlpPolicy")
+
+    if name == "ppo":
+        return PPO
+    if name == "trpo":
+        from sb3_contrib import TRPO
+
+        return TRPO
+    raise RLStructError(f"unknown algo {name!r}; choose one of: ppo, trpo")
+
+
+# --------------------------------------------------------------------------------------------
+# environments
+def check_env_id(env_id: str) -> None:
+    import gymnasium as gym
+
+    if env_id not in gym.registry:
+        close = [k for k in gym.registry if k.split("-")[0].lower() == env_id.split("-")[0].lower()]
+        hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+        raise RLStructError(
+            f"unknown gymnasium environment {env_id!r}{hint}; pick a conf/env/*.yaml or a "
+            "registered gymnasium id"
+        )
+
+
+def make_vec_env(env_cfg: Dict[str, Any], n_envs: int, seed: int, render_mode: Optional[str] = None):
+    """A monitored ``DummyVecEnv`` of ``n_envs`` copies of the config's environment."""
+    from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
+
+    check_env_id(env_cfg["id"])
+    env_kwargs = dict(env_cfg.get("kwargs") or {})
+    if render_mode is not None:
+        env_kwargs["render_mode"] = render_mode
+    return sb3_make_vec_env(env_cfg["id"], n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+
+
+def wrap_normalize(venv, env_cfg: Dict[str, Any], gamma: float, training: bool = True):
+    """Wrap in ``VecNormalize`` when the env config asks for observation/reward normalization."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    norm_obs = bool(env_cfg.get("normalize_obs", False))
+    norm_reward = bool(env_cfg.get("normalize_reward", False))
+    if not (norm_obs or norm_reward):
+        return venv
+    return VecNormalize(
+        venv,
+        training=training,
+        norm_obs=norm_obs,
+        norm_reward=norm_reward and training,
+        gamma=gamma,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# policies
+def policy_kwargs_from_config(policy_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``policy_kwargs`` for ``StructuredActorCriticPolicy`` from a ``conf/policy`` entry."""
+    hidden = list(policy_cfg.get("hidden") or [])
+    critic_hidden = policy_cfg.get("critic_hidden")
+    kwargs: Dict[str, Any] = dict(
+        structure=policy_cfg["structure"],
+        critic_structure=policy_cfg.get("critic_structure"),
+        net_arch=dict(pi=hidden, vf=list(critic_hidden) if critic_hidden is not None else hidden),
+        activation_fn=policy_cfg.get("activation", "tanh"),
+        critic_activation_fn=policy_cfg.get("critic_activation"),
+        layer_kwargs=dict(policy_cfg.get("layer_kwargs") or {}),
+        critic_layer_kwargs=(
+            dict(policy_cfg["critic_layer_kwargs"])
+            if policy_cfg.get("critic_layer_kwargs") is not None else None
+        ),
+    )
+    if policy_cfg.get("log_std_init") is not None:
+        kwargs["log_std_init"] = float(policy_cfg["log_std_init"])
+    if policy_cfg.get("ortho_init") is not None:
+        kwargs["ortho_init"] = bool(policy_cfg["ortho_init"])
+    return kwargs
+
+
+def algo_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The algorithm's constructor kwargs: ``algo.kwargs`` overlaid by the env's own settings."""
+    algo = cfg["algo"]["name"]
+    kwargs = dict(cfg["algo"].get("kwargs") or {})
+    kwargs.update((cfg["env"].get("hyperparams") or {}).get(algo) or {})
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# run metadata
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _yaml_dump(obj: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def read_config(run_dir: Path) -> Dict[str, Any]:
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RLStructError(
+            f"{run_dir} is not a run folder ({CONFIG_FILE} missing); pass the folder that "
+            "train.py printed"
+        )
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle)
+    except Exception as exc:
+        raise RLStructError(f"{path} is unreadable ({exc}); restore it from .hydra/config.yaml") from None
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+@dataclass
+class Checkpoint:
+    folder: Path
+    steps: int
+    elapsed_s: float
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Checkpoint]:
+    pointer = Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    try:
+        info = json.loads(pointer.read_text())
+        folder = Path(run_dir) / CHECKPOINT_DIR / info["folder"]
+        return Checkpoint(folder, int(info["steps"]), float(info["elapsed_s"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RLStructError(
+            f"checkpoint pointer {pointer} is corrupt ({exc}); delete it to restart the run "
+            "from scratch, or point it at an intact checkpoints/step_* folder"
+        ) from None
+
+
+def write_checkpoint(run_dir: Path, model, venv, elapsed_s: float, keep: int) -> Checkpoint:
+    """Save model + normalization stats into a fresh folder, then flip ``latest.json`` to it."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    root = Path(run_dir) / CHECKPOINT_DIR
+    steps = int(model.num_timesteps)
+    name = f"step_{steps:012d}"
+    staging = root / f".{name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    save_sb3_model(model, staging / MODEL_FILE)
+    if isinstance(venv, VecNormalize):
+        save_pickle_atomic(venv, staging / VECNORM_FILE)
+    atomic_write_json(staging / "state.json", {"steps": steps, "elapsed_s": elapsed_s})
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    atomic_write_json(root / LATEST_FILE, {"folder": name, "steps": steps, "elapsed_s": elapsed_s})
+    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
+    for folder in old[: max(0, len(old) - max(keep - 1, 0))]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return Checkpoint(final, steps, elapsed_s)
+
+
+def attach_vecnormalize(venv, path: Path):
+    """Load saved ``VecNormalize`` statistics around ``venv`` (no file: ``venv`` unchanged)."""
+    if not Path(path).is_file():
+        return venv
+    normalizer = load_pickle(path, "normalization statistics")
+    normalizer.set_venv(venv)
+    return normalizer
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+def evaluate_model(model, venv, episodes: int, deterministic: bool = True) -> List[float]:
+    """Undiscounted returns of ``episodes`` full episodes (raw rewards, from Monitor)."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    if episodes < 1:
+        raise RLStructError(f"episodes must be >= 1, got {episodes}")
+    rewards, _ = evaluate_policy(
+        model, venv, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True
+    )
+    return [float(r) for r in rewards]
+
+
+def make_eval_env(cfg: Dict[str, Any], seed: int, render_mode: Optional[str] = None):
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    venv = make_vec_env(cfg["env"], 1, seed, render_mode=render_mode)
+    env_cfg = cfg["env"]
+    if env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward"):
+        venv = VecNormalize(venv, training=False, norm_obs=bool(env_cfg.get("normalize_obs")), norm_reward=False)
+    return venv
+
+
+def sync_normalization(train_env, eval_env) -> None:
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if isinstance(train_env, VecNormalize) and isinstance(eval_env, VecNormalize):
+        eval_env.obs_rms = train_env.obs_rms.copy()
+
+
+# --------------------------------------------------------------------------------------------
+# training
+def _make_callback(run_dir: Path, cfg: Dict[str, Any], eval_env, clock: Dict[str, float]):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    eval_cfg = cfg.get("eval") or {}
+    ckpt_cfg = cfg.get("checkpoint") or {}
+    eval_freq = int(eval_cfg.get("freq", 0) or 0)
+    ckpt_freq = int(ckpt_cfg.get("freq", 0) or 0)
+    keep = int(ckpt_cfg.get("keep", 2))
+    episodes = int(eval_cfg.get("episodes", 5))
+    deterministic = bool(eval_cfg.get("deterministic", True))
+
+    class RunCallback(BaseCallback):
+        """Periodic evaluation (tensorboard + evaluations.csv) and atomic checkpoints."""
+
+        def _on_training_start(self) -> None:
+            self._next_eval = (self.num_timesteps // eval_freq + 1) * eval_freq if eval_freq else None
+            self._next_ckpt = (self.num_timesteps // ckpt_freq + 1) * ckpt_freq if ckpt_freq else None
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            # At a rollout boundary the policy and normalization are in a consistent state: the
+            # checkpoint resumes exactly at the start of the next rollout.
+            if self._next_eval is not None and self.num_timesteps >= self._next_eval:
+                self._next_eval += eval_freq
+                sync_normalization(self.training_env, eval_env)
+                rewards = evaluate_model(self.model, eval_env, episodes, deterministic)
+                mean, std = float(np.mean(rewards)), float(np.std(rewards))
+                self.logger.record("eval/mean_reward", mean)
+                self.logger.record("eval/std_reward", std)
+                path = run_dir / EVAL_FILE
+                new = not path.exists()
+                with open(path, "a", newline="") as handle:
+                    writer = csv.writer(handle)
+                    if new:
+                        writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s"])
+                    writer.writerow([self.num_timesteps, mean, std, episodes, round(clock_elapsed(clock), 2)])
+            if self._next_ckpt is not None and self.num_timesteps >= self._next_ckpt:
+                self._next_ckpt += ckpt_freq
+                write_checkpoint(run_dir, self.model, self.training_env, clock_elapsed(clock), keep)
+
+    return RunCallback()
+
+
+def clock_elapsed(clock: Dict[str, float]) -> float:
+    return clock["before"] + time.perf_counter() - clock["start"]
+
+
+_IDENTITY_KEYS = ("env", "algo", "policy")
+
+
+def _check_resume_config(run_dir: Path, cfg: Dict[str, Any]) -> None:
+    saved = read_config(run_dir)
+    for key in _IDENTITY_KEYS:
+        if saved.get(key) != cfg.get(key):
+            raise RLStructError(
+                f"cannot resume {run_dir}: its saved '{key}' config differs from this one "
+                f"(saved {saved.get(key)!r}); resume with the same settings or use a new out_dir"
+            )
+
+
+def train(cfg: Dict[str, Any], run_dir: os.PathLike) -> Dict[str, Any]:
+    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns ``metrics.json``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(cfg.get("torch_threads", 1)))
+    algo_name = cfg["algo"]["name"]
+    if algo_name == "es":
+        from rlstruct.algos.es import train_es  # ES has its own loop, same run layout
+
+        return train_es(cfg, run_dir)
+    cls = algo_class(algo_name)
+    resume = bool(cfg.get("resume", False))
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None and (run_dir / MODEL_FILE).exists():
+        raise RLStructError(
+            f"{run_dir} already holds a finished run; choose another seed or out_dir "
+            "(or delete the folder to start over)"
+        )
+    if checkpoint is not None and not resume:
+        raise RLStructError(
+            f"{run_dir} already holds a run (checkpoint at {checkpoint.steps} steps); pass "
+            "resume=true to continue it, or choose another seed or out_dir"
+        )
+    if checkpoint is not None:
+        _check_resume_config(run_dir, cfg)
+    else:
+        atomic_write_text(run_dir / CONFIG_FILE, _yaml_dump(cfg))
+
+    seed = int(cfg["seed"])
+    total = int(cfg["total_timesteps"])
+    n_envs = int(cfg.get("n_envs", 1))
+    kwargs = algo_kwargs(cfg)
+    gamma = float(kwargs.get("gamma", 0.99))
+    venv = make_vec_env(cfg["env"], n_envs, seed)
+    eval_env = make_eval_env(cfg, seed + 10_000)
+
+    if checkpoint is not None:
+        venv = attach_vecnormalize(venv, checkpoint.folder / VECNORM_FILE)
+        model = load_sb3_model(cls, checkpoint.folder / MODEL_FILE, env=venv, device=cfg.get("device", "cpu"))
+        before = checkpoint.elapsed_s
+    else:
+        venv = wrap_normalize(venv, cfg["env"], gamma)
+        model = cls(
+            "StructuredMlpPolicy",
+            venv,
+            policy_kwargs=policy_kwargs_from_config(cfg["policy"]),
+            seed=seed,
+            device=cfg.get("device", "cpu"),
+            verbose=0,
+            **kwargs,
+        )
+        before = 0.0
+    from stable_baselines3.common.logger import configure
+
+    model.set_logger(configure(str(run_dir / TB_DIR), ["tensorboard"]))
+    counts = model.policy.parameter_counts()
+    metrics = _base_metrics(cfg, counts)
+    metrics["status"] = "running"
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    print(
+        f"[rlstruct] {cfg['env']['id']} {algo_name} structure={cfg['policy']['structure']} "
+        f"params={counts['total']} (dense {counts['dense_total']}, "
+        f"{counts['dense_total'] / counts['total']:.1f}x fewer) -> {run_dir}"
+        + (f" resuming at {checkpoint.steps} steps" if checkpoint else ""),
+        flush=True,
+    )
+
+    clock = {"start": time.perf_counter(), "before": before}
+    start_steps = int(model.num_timesteps)
+    remaining = max(total - start_steps, 0)
+    callback = _make_callback(run_dir, cfg, eval_env, clock)
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callback,
+            reset_num_timesteps=False,
+            progress_bar=bool(cfg.get("progress_bar", True)),
+        )
+    elapsed = clock_elapsed(clock)
+    session_s = time.perf_counter() - clock["start"]
+
+    save_sb3_model(model, run_dir / MODEL_FILE)
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if isinstance(venv, VecNormalize):
+        save_pickle_atomic(venv, run_dir / VECNORM_FILE)
+    eval_cfg = cfg.get("eval") or {}
+    sync_normalization(venv, eval_env)
+    rewards = evaluate_model(
+        model, eval_env, int(eval_cfg.get("final_episodes", 10)), bool(eval_cfg.get("deterministic", True))
+    )
+    steps = int(model.num_timesteps)
+    metrics.update(
+        status="finished",
+        steps=steps,
+        wall_time_s=round(elapsed, 2),
+        steps_per_s=round((steps - start_steps) / session_s, 1) if session_s > 0 else None,
+        final_eval=dict(
+            mean=float(np.mean(rewards)),
+            std=float(np.std(rewards)),
+            episodes=len(rewards),
+            deterministic=bool(eval_cfg.get("deterministic", True)),
+            rewards=rewards,
+        ),
+    )
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    venv.close()
+    eval_env.close()
+    print(
+        f"[rlstruct] done: {steps} steps in {elapsed:.0f} s; final reward "
+        f"{metrics['final_eval']['mean']:.1f} +- {metrics['final_eval']['std']:.1f} "
+        f"over {len(rewards)} episodes",
+        flush=True,
+    )
+    return metrics
+
+
+def _base_metrics(cfg: Dict[str, Any], counts: Dict[str, int]) -> Dict[str, Any]:
+    import rlstruct
+
+    policy = cfg["policy"]
+    return dict(
+        env=cfg["env"]["name"],
+        env_id=cfg["env"]["id"],
+        algo=cfg["algo"]["name"],
+        structure=policy["structure"],
+        critic_structure=policy.get("critic_structure") or policy["structure"],
+        hidden=list(policy.get("hidden") or []),
+        params=counts,
+        compression=round(counts["dense_total"] / counts["total"], 3),
+        seed=int(cfg["seed"]),
+        total_timesteps=int(cfg["total_timesteps"]),
+        git_commit=git_commit(),
+        rlstruct_version=rlstruct.__version__,
+        torch_version=torch.__version__,
+        config=cfg,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# loading a finished run for rollout
+def load_run(run_dir: os.PathLike, render_mode: Optional[str] = None, seed: int = 0) -> Tuple[Any, Any, Dict[str, Any]]:
+    """``(model, eval_env, config)`` for a run folder, using only its saved files."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise RLStructError(f"run folder {run_dir} does not exist; pass the folder train.py printed")
+    cfg = read_config(run_dir)
+    model_path = run_dir / MODEL_FILE
+    vecnorm_path = run_dir / VECNORM_FILE
+    if not model_path.exists():
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RLStructError(
+                f"{run_dir} has no {MODEL_FILE} and no checkpoint yet; wait for the run or resume it"
+            )
+        model_path = checkpoint.folder / MODEL_FILE
+        vecnorm_path = checkpoint.folder / VECNORM_FILE
+    cls = algo_class(cfg["algo"]["name"]) if cfg["algo"]["name"] != "es" else algo_class("ppo")
+    venv = make_vec_env(cfg["env"], 1, seed, render_mode=render_mode)
+    if cfg["env"].get("normalize_obs") or cfg["env"].get("normalize_reward"):
+        if not vecnorm_path.is_file():
+            raise RLStructError(
+                f"{run_dir} was trained with normalization but {vecnorm_path.name} is missing; "
+                "copy it from a checkpoint folder"
+            )
+        venv = attach_vecnormalize(venv, vecnorm_path)
+        venv.training = False
+        venv.norm_reward = False
+    model = load_sb3_model(cls, model_path, device="cpu")
+    return model, venv, cfg

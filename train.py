@@ -1,0 +1,28 @@
+"""Train a structured policy: ``python train.py env=hopper policy=kama algo=ppo seed=3``.
+
+A thin Hydra entry point: it composes the config (``conf/``), hands it to
+:func:`rlstruct.runner.train` and prints a one-line error for bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from rlstruct.cli import register_resolvers, report_errors
+from rlstruct.runner import train
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    with report_errors():
+        train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
