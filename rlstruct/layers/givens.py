@@ -16,10 +16,8 @@ Layouts:
 * ``random``: ``n`` even, ``n_stages`` stages (default ``ceil(log2 n)``), each a random perfect
   matching of the coordinates, drawn from ``seed`` (a Kac-walk style product).
 
-Stage representation (shared with the fused kernels): ``pairs`` of shape ``(L, n)`` lists, for
-stage ``l``, the coordinates ``p_0, q_0, p_1, q_1, ...``; ``angles[l, k]`` rotates
-``(pairs[l, 2k], pairs[l, 2k+1])``. Treating each pair as a complex number ``x_p + i x_q``,
-a rotation is a multiplication by ``exp(i theta)``: one complex multiply per stage.
+The stages are applied by :func:`rlstruct.kernels.givens_product` (stage representation in
+:mod:`rlstruct.kernels.reference`), which picks a fused kernel where one is available.
 
 Parameters per layer: ``n_blocks * L * n / 2`` angles, ``n`` diagonal entries (if
 ``diagonal``), ``out`` bias: e.g. 256 + 64 for a 64 x 64 layer, against 4160 dense.
@@ -36,6 +34,7 @@ from torch import nn
 from rlstruct.errors import RLStructError
 from rlstruct.layers.base import StructuredLinear
 from rlstruct.layers.registry import register
+from rlstruct.kernels import givens_product
 
 LAYOUTS = ("butterfly", "random")
 MODES = ("learned", "random")
@@ -55,31 +54,6 @@ def butterfly_pairs(n: int) -> torch.Tensor:
 def random_pairs(n: int, n_stages: int, generator: torch.Generator) -> torch.Tensor:
     """``n_stages`` random perfect matchings of ``n`` (even) coordinates: shape ``(L, n)``."""
     return torch.stack([torch.randperm(n, generator=generator) for _ in range(n_stages)])
-
-
-def apply_givens(
-    x: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor
-) -> torch.Tensor:
-    """Rotate the rows of ``x`` by every stage in order (pure-torch reference path).
-
-    Shapes: ``x`` ``(batch, n)``, ``pairs`` ``(L, n)`` (long), ``angles`` ``(L, n/2)``;
-    returns ``(batch, n)`` in the original coordinate order.
-    """
-    batch, n = x.shape
-    rotations = torch.polar(torch.ones_like(angles), angles)  # (L, n/2) complex
-    # Work in "pair order" of the current stage, gathering once per stage: the gather for stage
-    # l+1 composes the inverse of stage l's order with stage l+1's order.
-    order = torch.arange(n, device=x.device)
-    inverse = torch.empty_like(order)
-    for stage in range(pairs.shape[0]):
-        perm = pairs[stage]
-        inverse[order] = torch.arange(n, device=x.device)
-        x = x.index_select(1, inverse[perm])
-        z = torch.view_as_complex(x.reshape(batch, n // 2, 2).contiguous()) * rotations[stage]
-        x = torch.view_as_real(z).reshape(batch, n)
-        order = perm
-    inverse[order] = torch.arange(n, device=x.device)
-    return x.index_select(1, inverse)
 
 
 @register("kama")
@@ -183,7 +157,7 @@ class KamaLinear(StructuredLinear):
         """``(batch, in) -> (batch, out)``: pad, rotate, scale, slice."""
         if self.in_features < self.n:
             x = nn.functional.pad(x, (0, self.n - self.in_features))
-        y = apply_givens(x, self.pairs, self.angles.to(x.dtype))
+        y = givens_product(x, self.pairs, self.angles.to(x.dtype))
         return y[:, : self.out_features] * self.scale[: self.out_features].to(x.dtype)
 
     def to_dense(self) -> torch.Tensor:
