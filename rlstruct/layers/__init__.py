@@ -16,7 +16,9 @@ from rlstruct.layers.registry import (
 )
 
 # Importing a family module registers it.
-from rlstruct.layers import dense, toeplitz, givens  # noqa: E402,F401  (registration)
+from rlstruct.layers import (  # noqa: E402,F401  (registration)
+    dense, toeplitz, givens, lowrank, ldr, spinners, kaleidoscope, snnk, orthogonal,
+)
 
 __all__ = [
     "StructuredLinear",

@@ -1,0 +1,73 @@
+"""Orthogonal layers: a dense orthogonal matrix with a learned output scale.
+
+``W = diag(scale) Q[:out, :in]`` with ``Q`` an ``n x n`` orthogonal matrix, ``n = max(in, out)``.
+``Q`` is the single ``nn.Parameter`` ``weight_orth`` (a buffer in random mode), so optimizers
+that keep it on the orthogonal group (the projUNN ones, :mod:`rlstruct.optim`) find it by name.
+A plain optimizer does not preserve orthogonality; :meth:`OrthogonalLinear.orthogonalize_`
+projects ``Q`` back (polar decomposition).
+
+Parameters (learned): ``n^2 + out`` (+ ``out`` bias); random mode: ``out`` (+ bias).
+Cost: that of a dense layer, ``O(in * out)`` per sample.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from rlstruct.layers.common import ZooLinear
+from rlstruct.layers.registry import register
+
+#: name of the orthogonal parameter (what projUNN optimizers look for).
+ORTHOGONAL_PARAMETER = "weight_orth"
+
+
+def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Haar-distributed ``(n, n)`` orthogonal matrix (QR of a Gaussian, signs fixed)."""
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).float()
+
+
+@register("orthogonal")
+class OrthogonalLinear(ZooLinear):
+    """``W = diag(scale) Q[:out, :in]``, ``Q = weight_orth`` ``(n, n)`` orthogonal at init.
+
+    ``scale`` ``(out,)`` is learned in both modes (it starts at 1, or ``gain`` after
+    :meth:`init_like_orthogonal`).
+    """
+
+    default_dense_threshold = 1 << 30
+    always_scaled = True
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        mode: str = "learned",
+        seed: Optional[int] = None,
+        dense_threshold: Optional[int] = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+        self.n = max(in_features, out_features)
+        self._setup()
+
+    def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        return {ORTHOGONAL_PARAMETER: random_orthogonal(self.n, generator)}
+
+    def orthogonalize_(self) -> None:
+        """Replace ``Q`` by its nearest orthogonal matrix ``U V^T`` (from ``Q = U S V^T``)."""
+        with torch.no_grad():
+            q = self.weight_orth
+            u, _, vh = torch.linalg.svd(q.double())
+            q.copy_((u @ vh).to(q.dtype))
+
+    def _dense(self) -> torch.Tensor:
+        return self.weight_orth[: self.out_features, : self.in_features]
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self._dense().to(x.dtype).t()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n={self.n}"

@@ -1,0 +1,135 @@
+"""Structured spinners ``M3 M2 M1``: Hadamard-diagonal products and their relatives.
+
+Inputs are zero-padded to ``N``, a power of two, and outputs sliced; ``H`` is the normalized
+``N x N`` Walsh-Hadamard matrix (orthogonal), applied by :func:`hadamard_transform` (a few
+small matmuls, ``O(N sqrt N)``-ish). Diagonals acting on the padded input only need their first
+``in`` entries, and output-side diagonals their first ``out``, so only those are parameters.
+
+* ``hd3``: ``W = H D3 H D2 H D1`` (``N = pow2(max(in, out))``); ``D1, D2, D3`` start as random
+  signs, so ``W`` starts orthogonal (a slice of one). Parameters ``in + 2N``.
+* ``fastfood``: ``W = S H G P H B`` (Le et al. 2013), ``N = pow2(max(in, out))``: ``B`` signs,
+  ``P`` a fixed random permutation (a buffer in both modes), ``G`` Gaussian, ``S`` rescales
+  each row to the norm of a Gaussian row with ``N(0, 1/N)`` entries (``chi_N / ||g||``).
+  Parameters ``in + N + out``.
+* ``toeplitz_spinner``: ``W = T D2 H D1`` with ``T`` an ``out x N`` Toeplitz matrix
+  (``N = pow2(in)``) whose diagonals start ``N(0, 1/N)``. Parameters ``in + N + (out + N - 1)``.
+
+``to_dense`` runs the transform on the identity: one code path for both, ``O(in N sqrt N)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+from rlstruct.layers.common import ZooLinear, identity_like, next_pow2, pad_columns, rademacher
+from rlstruct.layers.hadamard import hadamard_transform
+from rlstruct.layers.ldr import linear_convolution
+from rlstruct.layers.registry import register
+
+
+class SpinnerLinear(ZooLinear):
+    """Constructor and dense build shared by the spinners; subclasses pick ``N`` and the draw."""
+
+    default_dense_threshold = 256
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        mode: str = "learned",
+        seed: Optional[int] = None,
+        dense_threshold: Optional[int] = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+        self.n = self._working_size()
+        self._setup()
+
+    def _working_size(self) -> int:
+        return next_pow2(max(self.in_features, self.out_features))
+
+    def _dense(self) -> torch.Tensor:
+        return self._transform(identity_like(self)).t()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, n={self.n}"
+
+
+@register("hd3")
+class HD3Linear(SpinnerLinear):
+    """``W = (H D3 H D2 H D1)[:out, :in]``; tensors ``d1`` ``(in,)``, ``d2``, ``d3`` ``(N,)``."""
+
+    def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        return {
+            "d1": rademacher((self.in_features,), generator),
+            "d2": rademacher((self.n,), generator),
+            "d3": rademacher((self.n,), generator),
+        }
+
+    def _init_like_orthogonal_learned(self, gain: float) -> None:
+        # Signs make W orthogonal; scaling the last diagonal gives it norm `gain`.
+        self.reset_structure()
+        with torch.no_grad():
+            self.d3.mul_(gain)
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        y = hadamard_transform(pad_columns(x * self.d1.to(dt), self.n))
+        y = hadamard_transform(y * self.d2.to(dt))
+        return hadamard_transform(y * self.d3.to(dt))[:, : self.out_features]
+
+
+@register("fastfood")
+class FastfoodLinear(SpinnerLinear):
+    """``W = (S H G P H B)[:out, :in]``; ``b`` ``(in,)``, ``g`` ``(N,)``, ``s`` ``(out,)``,
+    ``perm`` ``(N,)`` (buffer)."""
+
+    def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        n = self.n
+        g = torch.randn(n, generator=generator)
+        chi = torch.randn(self.out_features, n, generator=generator).norm(dim=1)
+        return {
+            "b": rademacher((self.in_features,), generator),
+            "g": g,
+            "s": chi / g.norm(),
+        }
+
+    def _setup(self) -> None:
+        # The permutation is structure in both modes (not a learnable quantity).
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self._draw_seed + 1))
+        self.register_buffer("perm", perm)
+        super()._setup()
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        y = hadamard_transform(pad_columns(x * self.b.to(dt), self.n))
+        y = hadamard_transform(y.index_select(1, self.perm) * self.g.to(dt))
+        return y[:, : self.out_features] * self.s.to(dt)
+
+
+@register("toeplitz_spinner")
+class ToeplitzSpinnerLinear(SpinnerLinear):
+    """``W = T D2 H D1[:, :in]`` with ``T[i, j] = t[i - j + N - 1]`` (``out x N``);
+    ``d1`` ``(in,)``, ``d2`` ``(N,)``, ``t`` ``(out + N - 1,)``."""
+
+    def _working_size(self) -> int:
+        return next_pow2(self.in_features)
+
+    def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
+        n = self.n
+        return {
+            "d1": rademacher((self.in_features,), generator),
+            "d2": rademacher((n,), generator),
+            "t": torch.randn(self.out_features + n - 1, generator=generator) / math.sqrt(n),
+        }
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        n, m = self.n, self.out_features
+        dt = x.dtype
+        y = hadamard_transform(pad_columns(x * self.d1.to(dt), n)) * self.d2.to(dt)
+        # T y: y[i] = sum_j t[i - j + N - 1] y[j], the linear convolution read from N - 1.
+        full = linear_convolution(y, self.t.to(dt), 2 * n + m - 2)
+        return full[:, n - 1 : n - 1 + m]
