@@ -20,8 +20,10 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    command = " ".join(["python train.py", *hydra_cfg.overrides.task])
     with report_errors():
-        train(OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
+        train(OmegaConf.to_container(cfg, resolve=True), hydra_cfg.runtime.output_dir, command)
 
 
 if __name__ == "__main__":

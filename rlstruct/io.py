@@ -26,6 +26,10 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600 files; give the final file the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -63,13 +67,7 @@ def load_sb3_model(
 ) -> Any:
     """``algo_class.load(path, env)`` with one-line errors for every way a file can be bad."""
     path = Path(path)
-    if not path.is_file():
-        raise RLStructError(f"model file {path} does not exist; check the run folder path")
-    if not zipfile.is_zipfile(path):
-        raise RLStructError(
-            f"model file {path} is corrupt or truncated (not a valid zip); "
-            "re-train, or resume from an earlier checkpoint"
-        )
+    _check_zip(path)
     try:
         return algo_class.load(path, env=env, device=device)
     except RuntimeError as exc:  # state_dict key or shape mismatch
@@ -78,10 +76,40 @@ def load_sb3_model(
             f"model file {path} does not match the policy it is loaded into ({first}); "
             "it was trained with another structure or shape: use the config saved with it"
         ) from None
-    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError, AssertionError) as exc:
         raise RLStructError(
             f"model file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
             "re-train, or resume from an earlier checkpoint"
+        ) from None
+
+
+def _check_zip(path: Path) -> None:
+    if not path.is_file():
+        raise RLStructError(f"model file {path} does not exist; check the run folder path")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every member and checks its CRC
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        damaged, names = f"{type(exc).__name__}: {exc}", []
+    if damaged is not None or "data" not in names:
+        raise RLStructError(
+            f"model file {path} is corrupt or truncated ({damaged or 'no SB3 data entry'}); "
+            "re-train, or resume from an earlier checkpoint"
+        )
+
+
+def load_policy_weights(model: Any, path: os.PathLike) -> None:
+    """``model.set_parameters(path)`` (weights only, exact keys) with one-line errors."""
+    path = Path(path)
+    _check_zip(path)
+    try:
+        model.set_parameters(str(path), exact_match=True, device=model.device)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RLStructError(
+            f"model file {path} does not fit this policy ({first[:200]}); it was trained with "
+            "another structure or shape: build the policy from the config saved with it"
         ) from None
 
 

@@ -334,8 +334,11 @@ def _check_resume_config(run_dir: Path, cfg: Dict[str, Any]) -> None:
             )
 
 
-def train(cfg: Dict[str, Any], run_dir: os.PathLike) -> Dict[str, Any]:
-    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns ``metrics.json``."""
+def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = None) -> Dict[str, Any]:
+    """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns ``metrics.json``.
+
+    ``command`` (the command line that started the run) is recorded in ``metrics.json``.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(cfg.get("torch_threads", 1)))
@@ -343,7 +346,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike) -> Dict[str, Any]:
     if algo_name == "es":
         from rlstruct.algos.es import train_es  # ES has its own loop, same run layout
 
-        return train_es(cfg, run_dir)
+        return train_es(cfg, run_dir, command=command)
     cls = algo_class(algo_name)
     resume = bool(cfg.get("resume", False))
     checkpoint = latest_checkpoint(run_dir)
@@ -390,7 +393,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike) -> Dict[str, Any]:
 
     model.set_logger(configure(str(run_dir / TB_DIR), ["tensorboard"]))
     counts = model.policy.parameter_counts()
-    metrics = _base_metrics(cfg, counts)
+    metrics = _base_metrics(cfg, counts, command)
     metrics["status"] = "running"
     atomic_write_json(run_dir / METRICS_FILE, metrics)
     print(
@@ -451,7 +454,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike) -> Dict[str, Any]:
     return metrics
 
 
-def _base_metrics(cfg: Dict[str, Any], counts: Dict[str, int]) -> Dict[str, Any]:
+def _base_metrics(cfg: Dict[str, Any], counts: Dict[str, int], command: Optional[str] = None) -> Dict[str, Any]:
     import rlstruct
 
     policy = cfg["policy"]
@@ -467,6 +470,7 @@ def _base_metrics(cfg: Dict[str, Any], counts: Dict[str, int]) -> Dict[str, Any]
         seed=int(cfg["seed"]),
         total_timesteps=int(cfg["total_timesteps"]),
         git_commit=git_commit(),
+        command=command,
         rlstruct_version=rlstruct.__version__,
         torch_version=torch.__version__,
         config=cfg,

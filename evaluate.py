@@ -1,0 +1,55 @@
+"""Roll out a saved policy: ``python evaluate.py runs/<run folder> --episodes 10``.
+
+Accepts a run folder written by ``train.py`` or a compact policy folder from ``policies/``; needs
+nothing but the saved files. Prints mean +- std reward and the parameter counts; ``--video``
+records the first episode to a file (.gif, or .mp4 with imageio-ffmpeg installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlstruct.cli import report_errors
+from rlstruct.evaluation import evaluate_saved
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="run folder (train.py output) or compact policy folder (policies/NAME)")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to roll out (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first evaluation episode")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
+    parser.add_argument("--video", metavar="FILE", help="record the first episode to FILE (.gif or .mp4)")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with report_errors():
+        result = evaluate_saved(
+            args.path,
+            episodes=args.episodes,
+            seed=args.seed,
+            deterministic=not args.stochastic,
+            video=args.video,
+        )
+    if args.json:
+        import json
+
+        print(json.dumps(result))
+    else:
+        counts = result["params"]
+        print(
+            f"{result['env_id']} {result['structure']}: reward {result['mean']:.1f} +- {result['std']:.1f} "
+            f"over {result['episodes']} episodes; params {counts['total']} "
+            f"(actor {counts['actor']}, critic {counts['critic']}; dense {counts['dense_total']})"
+        )
+        if args.video:
+            print(f"video written to {args.video}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Roll out a saved policy (run folder or compact policy folder) and optionally record a video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from rlstruct.errors import RLStructError
+
+
+def _unwrap_envs(venv):
+    while not hasattr(venv, "envs"):
+        venv = venv.venv
+    return venv
+
+
+def record_video(model, venv, path: str, deterministic: bool = True, max_steps: int = 1000) -> None:
+    """Write one episode's frames (``render_mode="rgb_array"`` env) to ``path``."""
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise RLStructError("recording a video needs imageio: pip install 'rlstruct[video]'") from None
+    frames: List[np.ndarray] = []
+    obs = venv.reset()
+    for _ in range(max_steps):
+        frame = _unwrap_envs(venv).envs[0].render()
+        if frame is not None:
+            frames.append(frame)
+        action, _ = model.predict(obs, deterministic=deterministic)
+        obs, _, dones, _ = venv.step(action)
+        if dones[0]:
+            break
+    if not frames:
+        raise RLStructError("the environment rendered no frames; it may not support rgb_array rendering")
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".gif":
+            imageio.mimsave(path, frames, duration=1 / 30)
+        else:
+            imageio.mimsave(path, frames, fps=30)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise RLStructError(
+            f"cannot write video {path} ({exc}); use a .gif file or pip install imageio-ffmpeg for .mp4"
+        ) from None
+
+
+def evaluate_saved(
+    path: str,
+    episodes: int = 10,
+    seed: int = 0,
+    deterministic: bool = True,
+    video: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate the policy saved at ``path``; returns mean, std, rewards, counts and metadata."""
+    from rlstruct.runner import evaluate_model, load_run
+
+    folder = Path(path)
+    if not folder.exists():
+        raise RLStructError(f"{folder} does not exist; pass a run folder or a policies/NAME folder")
+    from rlstruct import compact
+
+    if compact.is_compact_policy(folder):
+        model, venv, meta = compact.load_compact_policy(folder, seed=seed)
+        env_id, structure = meta["env_id"], meta["structure"]
+    else:
+        model, venv, cfg = load_run(folder, seed=seed)
+        env_id, structure = cfg["env"]["id"], cfg["policy"]["structure"]
+    rewards = evaluate_model(model, venv, episodes, deterministic)
+    venv.close()
+    if video:
+        if compact.is_compact_policy(folder):
+            model, rvenv, _ = compact.load_compact_policy(folder, seed=seed, render_mode="rgb_array")
+        else:
+            model, rvenv, _ = load_run(folder, seed=seed, render_mode="rgb_array")
+        record_video(model, rvenv, video, deterministic)
+        rvenv.close()
+    return dict(
+        env_id=env_id,
+        structure=structure,
+        mean=float(np.mean(rewards)),
+        std=float(np.std(rewards)),
+        episodes=len(rewards),
+        rewards=rewards,
+        params=(model.policy if hasattr(model, 'policy') else model).parameter_counts(),
+    )
