@@ -1,0 +1,57 @@
+"""The report: grouping across seeds, % of dense, unfinished runs, plots, compact policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlstruct.report import bootstrap_ci, iqm, main, make_report
+
+
+def fake_run(root: Path, structure: str, seed: int, reward: float, total: int, status: str = "finished",
+             env: str = "hopper", hidden=(64, 64)) -> Path:
+    folder = root / f"{env}-ppo-{structure}-s{seed}"
+    folder.mkdir(parents=True)
+    metrics = dict(
+        env=env, env_id="Hopper-v5", algo="ppo", structure=structure, critic_structure=structure,
+        hidden=list(hidden), seed=seed, status=status, total_timesteps=1000, command=f"python train.py policy={structure} seed={seed}",
+        params=dict(actor=total // 2, critic=total - total // 2, total=total, dense_actor=5126, dense_critic=4993, dense_total=10119),
+    )
+    if status == "finished":
+        metrics.update(steps=1000, wall_time_s=10.0, final_eval=dict(mean=reward, std=1.0, episodes=10))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_iqm_and_bootstrap():
+    assert iqm(np.array([0.0, 1.0, 2.0, 100.0])) == pytest.approx(1.5)
+    lo, hi = bootstrap_ci(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert 1.0 <= lo <= hi <= 5.0
+
+
+def test_report_groups_seeds_and_lists_unfinished(tmp_path):
+    for seed, reward in enumerate([1000.0, 1200.0, 1100.0]):
+        fake_run(tmp_path, "dense", seed, reward, 10119)
+    for seed, reward in enumerate([550.0, 660.0]):
+        fake_run(tmp_path, "kama", seed, reward, 1543)
+    fake_run(tmp_path, "kama", 2, 0.0, 1543, status="running")
+    out = tmp_path / "out"
+    summary = make_report([tmp_path], out)
+    rows = {r["structure"]: r for r in summary["rows"]}
+    assert rows["dense"]["seeds"] == 3 and rows["dense"]["reward_mean"] == pytest.approx(1100.0)
+    assert rows["kama"]["seeds"] == 2
+    assert rows["kama"]["pct_of_dense"] == pytest.approx(100 * 605 / 1100, abs=0.1)
+    assert rows["kama"]["compression"] == pytest.approx(10119 / 1543, abs=0.01)
+    text = (out / "report.md").read_text()
+    assert "hopper-ppo-kama-s2" in text and "status running" in text
+    assert (out / "pareto_hopper.png").stat().st_size > 1000
+    csv_text = (out / "report.csv").read_text()
+    assert "python train.py policy=kama seed=0" in csv_text
+
+
+def test_report_cli_on_missing_folder(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([str(tmp_path / "nope")])
