@@ -1,0 +1,318 @@
+"""Where ES rollouts run: a local process pool or Ray actors, with the same contract.
+
+``backend.map(tasks)`` runs every :class:`~rlstruct.algos.rollout.RolloutTask` and returns the
+results in task order. Each worker builds its own environment once and keeps it. A worker that
+dies (killed, out of memory, node lost) loses no work: its task is re-run on another worker with a
+warning and the worker is replaced. Results are a function of the tasks alone (episodes are seeded
+by the task), so they do not depend on the backend or the number of workers.
+
+* ``local``: ``n_workers`` processes started with ``spawn`` or ``forkserver`` (never ``fork``:
+  the main process holds torch threads), one pipe each.
+* ``ray``: ``n_workers`` Ray actors on a local Ray instance (started here) or on the cluster at
+  ``address`` (``"auto"``, ``"host:port"`` or ``"ray://host:port"``); needs ``pip install ray``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import traceback
+import warnings
+from abc import ABC, abstractmethod
+from collections import deque
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence
+
+from rlstruct.algos.rollout import EnvSpec, RolloutResult, RolloutTask, run_task
+from rlstruct.errors import RLStructError
+
+BACKENDS = ("local", "ray")
+START_METHODS = ("spawn", "forkserver")
+
+
+class WorkerFailure(RuntimeError):
+    """A task raised inside a worker (a bug or a broken environment, not a lost worker)."""
+
+
+class Backend(ABC):
+    """Runs rollout tasks; see the module docstring for the contract."""
+
+    #: how many times in one ``map`` workers may be replaced before giving up.
+    max_restarts_factor = 3
+
+    def __init__(self, env_spec: EnvSpec, n_workers: int) -> None:
+        if not isinstance(n_workers, int) or n_workers < 1:
+            raise RLStructError(f"n_workers must be a positive integer, got {n_workers!r}")
+        self.env_spec = env_spec
+        self.n_workers = n_workers
+
+    @abstractmethod
+    def map(self, tasks: Sequence[RolloutTask]) -> List[RolloutResult]:
+        """Results of ``tasks``, in task order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop the workers."""
+
+    def worker_pids(self) -> List[int]:
+        """Process ids of the live workers (for monitoring and tests)."""
+        return []
+
+    def _check_restarts(self, restarts: int) -> None:
+        if restarts > self.max_restarts_factor * self.n_workers:
+            raise RLStructError(
+                f"ES workers died {restarts} times in one iteration; check memory and the "
+                "environment (a worker's log shows why), or lower n_workers"
+            )
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------
+def _worker_main(conn, env_spec: EnvSpec) -> None:
+    """Loop of a local worker process: receive a task, run it, send the result (``None`` stops)."""
+    env = env_spec.make()
+    name = f"pid{os.getpid()}"
+    while True:
+        task = conn.recv()
+        if task is None:
+            break
+        try:
+            conn.send(run_task(env, task, name))
+        except Exception:  # report the failure to the main process instead of dying silently
+            conn.send(WorkerFailure(traceback.format_exc()))
+    env.close()
+
+
+class _LocalWorker:
+    def __init__(self, ctx, env_spec: EnvSpec) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, env_spec), daemon=True)
+        self.process.start()
+        child.close()
+        self.task: Optional[int] = None  # index into the current map's tasks
+
+
+class LocalBackend(Backend):
+    """A pool of worker processes on this machine, each with its own environment."""
+
+    def __init__(self, env_spec: EnvSpec, n_workers: int, start_method: str = "spawn") -> None:
+        super().__init__(env_spec, n_workers)
+        if start_method not in START_METHODS:
+            raise RLStructError(
+                f"unknown start_method {start_method!r}; choose one of: {', '.join(START_METHODS)}"
+            )
+        self._ctx = mp.get_context(start_method)
+        self._workers = [_LocalWorker(self._ctx, env_spec) for _ in range(n_workers)]
+
+    def worker_pids(self) -> List[int]:
+        return [w.process.pid for w in self._workers if w.process.is_alive()]
+
+    def _replace(self, worker: _LocalWorker, pending: Deque[int], tasks: Sequence[RolloutTask]) -> None:
+        lost = worker.task
+        code = worker.process.exitcode
+        worker.process.join(timeout=1)
+        worker.conn.close()
+        what = f"re-running direction {tasks[lost].index} on another worker" if lost is not None else "no task lost"
+        warnings.warn(
+            f"ES worker pid {worker.process.pid} died (exit code {code}); {what}; starting a new worker",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if lost is not None:
+            pending.appendleft(lost)
+        self._workers[self._workers.index(worker)] = _LocalWorker(self._ctx, self.env_spec)
+
+    def map(self, tasks: Sequence[RolloutTask]) -> List[RolloutResult]:
+        results: List[Optional[RolloutResult]] = [None] * len(tasks)
+        pending: Deque[int] = deque(range(len(tasks)))
+        restarts = 0
+        done = 0
+        while done < len(tasks):
+            for worker in list(self._workers):
+                if worker.task is None and pending:
+                    worker.task = pending.popleft()
+                    try:
+                        worker.conn.send(tasks[worker.task])
+                    except (BrokenPipeError, ConnectionResetError, OSError):
+                        pass  # dead worker: its sentinel is ready, handled below
+            watch: Dict[Any, _LocalWorker] = {}
+            for worker in self._workers:
+                watch[worker.process.sentinel] = worker
+                if worker.task is not None:
+                    watch[worker.conn] = worker
+            ready = wait(list(watch))
+            dead = []
+            for handle in ready:  # results first: a worker may answer and then die
+                worker = watch[handle]
+                if handle is worker.conn:
+                    try:
+                        reply = worker.conn.recv()
+                    except (EOFError, OSError):
+                        dead.append(worker)
+                        continue
+                    if isinstance(reply, WorkerFailure):
+                        raise WorkerFailure(f"an ES rollout failed in a worker:\n{reply}")
+                    results[worker.task] = reply
+                    worker.task = None
+                    done += 1
+            for handle in ready:
+                worker = watch[handle]
+                if handle is worker.process.sentinel and worker not in dead:
+                    dead.append(worker)
+            for worker in dead:
+                restarts += 1
+                self._check_restarts(restarts)
+                self._replace(worker, pending, tasks)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for worker in self._workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.conn.close()
+        self._workers = []
+
+
+# ------------------------------------------------------------------------------------------------
+class _RayWorker:
+    """Body of a Ray actor: one environment, many tasks."""
+
+    def __init__(self, env_spec: EnvSpec) -> None:
+        self.env = env_spec.make()
+        self.name = f"ray-pid{os.getpid()}"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, task: RolloutTask) -> RolloutResult:
+        return run_task(self.env, task, self.name)
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with a clear message, when a ``host:port`` Ray address does not answer."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RLStructError(
+            f"ray_address {address!r} is not host:port, ray://host:port or auto; fix the address"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RLStructError(
+            f"Ray cluster at {address} is unreachable ({exc}); start it (ray start --head) or "
+            "set ray_address=null for a local Ray instance"
+        ) from None
+
+
+class RayBackend(Backend):
+    """Ray actors, each holding its own environment."""
+
+    def __init__(self, env_spec: EnvSpec, n_workers: int, address: Optional[str] = None) -> None:
+        super().__init__(env_spec, n_workers)
+        try:
+            import ray
+        except ImportError:
+            raise RLStructError(
+                "backend=ray needs Ray: pip install 'ray[default]' (or rlstruct[ray]), or use "
+                "backend=local"
+            ) from None
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            if address is not None:
+                check_ray_address(address)
+            # Local workers import rlstruct from this checkout even if it is not pip-installed.
+            root = str(Path(__file__).resolve().parents[2])
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            try:
+                ray.init(
+                    address=address,
+                    num_cpus=None if address else n_workers,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    runtime_env={"env_vars": {"PYTHONPATH": path}} if not address else None,
+                )
+            except ConnectionError as exc:
+                raise RLStructError(
+                    f"cannot connect to Ray at {address} ({exc}); check ray_address"
+                ) from None
+            self._started = True
+        self._actor_class = ray.remote(num_cpus=1)(_RayWorker)
+        self._actors = [self._actor_class.remote(env_spec) for _ in range(n_workers)]
+
+    def worker_pids(self) -> List[int]:
+        return self._ray.get([actor.pid.remote() for actor in self._actors])
+
+    def map(self, tasks: Sequence[RolloutTask]) -> List[RolloutResult]:
+        ray = self._ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        results: List[Optional[RolloutResult]] = [None] * len(tasks)
+        pending: Deque[int] = deque(range(len(tasks)))
+        idle = deque(self._actors)
+        running: Dict[Any, Any] = {}  # object ref -> (actor, task index)
+        restarts = 0
+        while pending or running:
+            while idle and pending:
+                actor, index = idle.popleft(), pending.popleft()
+                running[actor.run.remote(tasks[index])] = (actor, index)
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor, index = running.pop(ref)
+            try:
+                results[index] = ray.get(ref)
+                idle.append(actor)
+            except RayActorError as exc:
+                restarts += 1
+                self._check_restarts(restarts)
+                warnings.warn(
+                    f"ES Ray worker died ({type(exc).__name__}); re-running direction "
+                    f"{tasks[index].index} on another worker; starting a new worker",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                pending.appendleft(index)
+                replacement = self._actor_class.remote(self.env_spec)
+                self._actors[self._actors.index(actor)] = replacement
+                idle.append(replacement)
+            except RayTaskError as exc:
+                raise WorkerFailure(f"an ES rollout failed in a Ray worker:\n{exc}") from None
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = []
+        if self._started:
+            self._ray.shutdown()
+
+
+def make_backend(
+    name: str,
+    env_spec: EnvSpec,
+    n_workers: Optional[int] = None,
+    address: Optional[str] = None,
+    start_method: str = "spawn",
+) -> Backend:
+    """A backend by name (``local`` or ``ray``); ``n_workers`` defaults to the number of cores."""
+    workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
+    if name == "local":
+        return LocalBackend(env_spec, workers, start_method)
+    if name == "ray":
+        return RayBackend(env_spec, workers, address)
+    raise RLStructError(f"unknown ES backend {name!r}; choose one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,519 @@
+"""Evolution strategies for structured policies: ARS / OpenAI-ES / structured (orthogonal) ES.
+
+The ES searches the *actor* of a :class:`~rlstruct.policies.StructuredActorCriticPolicy` (its
+structured hidden layers and the action head; the critic and ``log_std`` are unused) as one flat
+vector ``theta``; the policy is deterministic (the action is the mean / the argmax). Each
+iteration:
+
+1. draws ``directions`` exploration directions from ``(seed, iteration)`` (iid Gaussian,
+   orthogonal blocks or random Hadamard rows, see :mod:`rlstruct.algos.estimators`);
+2. runs ``theta + sigma eps_k`` and ``theta - sigma eps_k`` for one episode each, both from the
+   reset seed of ``(seed, iteration, k)``, on the backend's workers (NumPy policies built from
+   each structured layer's ``to_dense()``: no torch in the rollout loop);
+3. merges the workers' observation statistics in direction order (parallel Welford);
+4. estimates the gradient (centered ranks, ARS top-b with reward-std scaling, or plain) and takes
+   an SGD or Adam step with weight decay.
+
+Nothing depends on the number of workers or on the backend: the same seed gives the same
+parameters. :func:`train_es` writes the same run folder as PPO (see :mod:`rlstruct.runner`):
+``model.zip`` is a PPO model holding the ES policy, so ``PPO.load`` and ``rlstruct.runner.load_run``
+open it, and ``vecnormalize.pkl`` holds the ES observation statistics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from rlstruct.algos.backends import BACKENDS, START_METHODS, Backend, make_backend
+from rlstruct.algos.estimators import (
+    OPTIMIZERS,
+    SAMPLINGS,
+    SHAPINGS,
+    Optimizer,
+    es_gradient,
+    sample_directions,
+)
+from rlstruct.algos.rollout import (
+    OBS_CLIP,
+    OBS_EPS,
+    EnvSpec,
+    NumpyActor,
+    NumpyLayer,
+    RolloutTask,
+    RunningStats,
+    check_spaces,
+    run_task,
+)
+from rlstruct.errors import RLStructError
+from rlstruct.layers import StructuredLinear
+
+# Domain tags keep the direction and episode seed streams apart.
+_DIRECTION_STREAM = 0xD1
+_EPISODE_STREAM = 0xE9
+_EVAL_SEED_OFFSET = 10_000
+
+
+@dataclass
+class ESSettings:
+    """The ``algo`` section of an ES config (``conf/algo/es.yaml`` documents each field)."""
+
+    directions: int = 16
+    sigma: float = 0.05
+    learning_rate: float = 0.02
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    top_b: Optional[int] = None
+    shaping: str = "centered_ranks"
+    sampling: str = "orthogonal"
+    iterations: Optional[int] = None
+    alive_bonus: Optional[float] = None
+    max_episode_steps: Optional[int] = None
+    backend: str = "local"
+    n_workers: Optional[int] = None
+    ray_address: Optional[str] = None
+    start_method: str = "spawn"
+
+    @classmethod
+    def from_config(cls, algo_cfg: Dict[str, Any]) -> "ESSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in algo_cfg.items() if k not in ("name", "kwargs")}
+        values.update(algo_cfg.get("kwargs") or {})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RLStructError(
+                f"unknown ES settings {unknown}; valid ones: {', '.join(sorted(known))}"
+            )
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        def positive(name: str, value: Any, integer: bool = False) -> None:
+            bad = value is None or (integer and (not isinstance(value, int) or isinstance(value, bool)))
+            if bad or value <= 0:
+                kind = "a positive integer" if integer else "positive"
+                raise RLStructError(f"ES {name} must be {kind}, got {value!r}; fix algo.{name}")
+
+        positive("directions", self.directions, integer=True)
+        positive("sigma", self.sigma)
+        positive("learning_rate", self.learning_rate)
+        for name in ("iterations", "n_workers", "top_b", "max_episode_steps"):
+            if getattr(self, name) is not None:
+                positive(name, getattr(self, name), integer=True)
+        if self.top_b is not None and self.top_b > self.directions:
+            raise RLStructError(
+                f"ES top_b ({self.top_b}) exceeds directions ({self.directions}); lower top_b or "
+                "set it to null"
+            )
+        if self.weight_decay < 0:
+            raise RLStructError(f"ES weight_decay must be >= 0, got {self.weight_decay}")
+        for name, value, choices in (
+            ("backend", self.backend, BACKENDS),
+            ("shaping", self.shaping, SHAPINGS),
+            ("sampling", self.sampling, SAMPLINGS),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("start_method", self.start_method, START_METHODS),
+        ):
+            if value not in choices:
+                raise RLStructError(
+                    f"unknown ES {name} {value!r}; choose one of: {', '.join(choices)}"
+                )
+
+
+# ------------------------------------------------------------------------------------------------
+def _activation_of(module: nn.Module) -> Tuple[str, float]:
+    if isinstance(module, nn.Tanh):
+        return "tanh", 0.0
+    if isinstance(module, nn.ReLU):
+        return "relu", 0.0
+    if isinstance(module, nn.Identity):
+        return "identity", 0.0
+    if isinstance(module, nn.LeakyReLU):
+        return "leaky_relu", float(module.negative_slope)
+    if isinstance(module, nn.ELU):
+        return "elu", float(module.alpha)
+    if isinstance(module, nn.SiLU):
+        return "silu", 0.0
+    raise RLStructError(
+        f"ES rollouts do not support the activation {type(module).__name__}; use tanh, relu, "
+        "leaky_relu, elu, silu or identity"
+    )
+
+
+class PolicyActor:
+    """The actor of an SB3 actor-critic policy as a flat vector and as a :class:`NumpyActor`.
+
+    ``theta`` covers the trainable parameters of ``mlp_extractor.policy_net`` and ``action_net``
+    in module order (frozen ones, e.g. random-mode KAMA angles, are left out).
+    """
+
+    def __init__(self, policy) -> None:
+        from gymnasium import spaces
+        from stable_baselines3.common.torch_layers import FlattenExtractor
+
+        check_spaces(policy.observation_space, policy.action_space)
+        if not isinstance(policy.pi_features_extractor, FlattenExtractor):
+            raise RLStructError("ES needs the default flatten features extractor")
+        self.network = nn.Sequential(*policy.mlp_extractor.policy_net, policy.action_net)
+        self.params = [p for p in self.network.parameters() if p.requires_grad]
+        self.dim = int(sum(p.numel() for p in self.params))
+        space = policy.action_space
+        self.discrete = isinstance(space, spaces.Discrete)
+        self.low = None if self.discrete else space.low.astype(np.float64)
+        self.high = None if self.discrete else space.high.astype(np.float64)
+
+    def get_vector(self) -> np.ndarray:
+        """``theta``, shape ``(dim,)``, float64."""
+        return parameters_to_vector(self.params).detach().double().numpy().copy()
+
+    def set_vector(self, theta: np.ndarray) -> None:
+        with torch.no_grad():
+            vector_to_parameters(torch.as_tensor(theta, dtype=self.params[0].dtype), self.params)
+
+    @torch.no_grad()
+    def numpy_actor(self, theta: np.ndarray) -> NumpyActor:
+        """The policy at ``theta`` with each layer's ``W`` built once (``to_dense``)."""
+        self.set_vector(theta)
+        layers: List[NumpyLayer] = []
+        for module in self.network:
+            if isinstance(module, (StructuredLinear, nn.Linear)):
+                weight = module.to_dense() if isinstance(module, StructuredLinear) else module.weight
+                bias = module.bias if module.bias is not None else torch.zeros(weight.shape[0])
+                layers.append(NumpyLayer(weight.double().numpy().copy(), bias.double().numpy().copy()))
+            else:
+                if not layers or layers[-1].activation != "identity":
+                    raise RLStructError(f"ES cannot place module {module} of the actor network")
+                layers[-1].activation, layers[-1].activation_param = _activation_of(module)
+        return NumpyActor(layers, self.discrete, self.low, self.high)
+
+
+def _stream_seed(*entropy: int) -> int:
+    return int(np.random.SeedSequence([e & 0xFFFFFFFF for e in entropy]).generate_state(1)[0])
+
+
+class EvolutionStrategy:
+    """The ES loop state: ``theta``, optimizer, observation statistics, counters.
+
+    ``step()`` runs one iteration on ``backend`` and returns its statistics. ``state_dict`` /
+    ``load_state_dict`` capture everything a resumed run needs to continue exactly.
+    """
+
+    def __init__(
+        self,
+        settings: ESSettings,
+        actor: PolicyActor,
+        backend: Backend,
+        seed: int,
+        normalize_obs: bool,
+        alive_bonus: float,
+    ) -> None:
+        self.settings = settings
+        self.actor = actor
+        self.backend = backend
+        self.seed = int(seed)
+        self.normalize_obs = normalize_obs
+        self.alive_bonus = float(alive_bonus)
+        self.theta = actor.get_vector()
+        self.optimizer = Optimizer(settings.optimizer, actor.dim, settings.learning_rate)
+        obs_dim = actor.network[0].in_features
+        self.obs_stats = RunningStats(obs_dim)
+        self.iteration = 0
+        self.steps = 0
+        self.episodes = 0
+
+    def normalizer(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        return self.obs_stats.normalizer() if self.normalize_obs else (None, None)
+
+    def directions(self, iteration: int) -> np.ndarray:
+        """The exploration directions of ``iteration``: ``(directions, dim)``."""
+        rng = np.random.default_rng(_stream_seed(_DIRECTION_STREAM, self.seed, iteration))
+        return sample_directions(self.settings.sampling, self.settings.directions, self.actor.dim, rng)
+
+    def step(self) -> Dict[str, float]:
+        s = self.settings
+        eps = self.directions(self.iteration)
+        mean, scale = self.normalizer()
+        tasks = [
+            RolloutTask(
+                index=k,
+                seed=_stream_seed(_EPISODE_STREAM, self.seed, self.iteration, k),
+                actors=[self.actor.numpy_actor(self.theta + sign * s.sigma * eps[k]) for sign in (1.0, -1.0)],
+                obs_mean=mean,
+                obs_scale=scale,
+                reward_shift=self.alive_bonus,
+                collect_stats=self.normalize_obs,
+            )
+            for k in range(len(eps))
+        ]
+        results = self.backend.map(tasks)
+        for result in results:  # fixed order: independent of which worker ran what
+            if result.stats is not None:
+                self.obs_stats.merge(result.stats)
+        pos = np.array([r.returns[0] for r in results])
+        neg = np.array([r.returns[1] for r in results])
+        raw = np.array([x for r in results for x in r.raw_returns])
+        grad = es_gradient(pos, neg, eps, s.sigma, s.shaping, s.top_b)
+        delta = self.optimizer.step(grad - s.weight_decay * self.theta)
+        self.theta = self.theta + delta
+        self.actor.set_vector(self.theta)
+        steps = int(sum(r.steps for r in results))
+        self.iteration += 1
+        self.steps += steps
+        self.episodes += len(raw)
+        return {
+            "mean_return": float(raw.mean()),
+            "max_return": float(raw.max()),
+            "mean_train_return": float(np.concatenate([pos, neg]).mean()),
+            "grad_norm": float(np.linalg.norm(grad)),
+            "step_norm": float(np.linalg.norm(delta)),
+            "theta_norm": float(np.linalg.norm(self.theta)),
+            "iteration_steps": steps,
+        }
+
+    def evaluate(self, env, episodes: int, seed: int) -> List[float]:
+        """Raw returns of the current deterministic policy, ``episodes`` episodes in ``env``."""
+        actor = self.actor.numpy_actor(self.theta)
+        mean, scale = self.normalizer()
+        return [
+            run_task(env, RolloutTask(i, seed + i, [actor], mean, scale, 0.0, False)).raw_returns[0]
+            for i in range(episodes)
+        ]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "iteration": self.iteration,
+            "steps": self.steps,
+            "episodes": self.episodes,
+            "theta": self.theta.tolist(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_stats": self.obs_stats.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.steps = int(state["steps"])
+        self.episodes = int(state["episodes"])
+        self.theta = np.asarray(state["theta"], dtype=np.float64)
+        if self.theta.shape != (self.actor.dim,):
+            raise RLStructError(
+                f"ES checkpoint has {self.theta.size} actor parameters, the policy {self.actor.dim}; "
+                "resume with the config the run was started with"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.obs_stats.load_state_dict(state["obs_stats"])
+        self.actor.set_vector(self.theta)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run folder (same layout as rlstruct.runner.train)
+def env_spec_from_config(env_cfg: Dict[str, Any], settings: ESSettings) -> EnvSpec:
+    kwargs = tuple(sorted((env_cfg.get("kwargs") or {}).items()))
+    return EnvSpec(env_cfg["id"], kwargs, settings.max_episode_steps)
+
+
+def _normalizer_file(venv, env_cfg: Dict[str, Any]):
+    """A ``VecNormalize`` to carry the ES observation statistics (``None`` if the env has none)."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    if not (env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward")):
+        return None
+    return VecNormalize(
+        venv,
+        training=False,
+        norm_obs=bool(env_cfg.get("normalize_obs")),
+        norm_reward=False,
+        clip_obs=OBS_CLIP,
+        epsilon=OBS_EPS,
+    )
+
+
+def _sync_normalizer(vecnorm, es: EvolutionStrategy) -> None:
+    if vecnorm is not None:
+        vecnorm.obs_rms.mean = es.obs_stats.mean.copy()
+        vecnorm.obs_rms.var = es.obs_stats.var.copy()
+        vecnorm.obs_rms.count = es.obs_stats.count
+
+
+def _append_evaluation(run_dir: Path, step: int, rewards: List[float], wall_s: float) -> None:
+    from rlstruct.runner import EVAL_FILE
+
+    path = run_dir / EVAL_FILE
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s"])
+        writer.writerow([step, float(np.mean(rewards)), float(np.std(rewards)), len(rewards), round(wall_s, 2)])
+
+
+def _open_run(run_dir: Path, cfg: Dict[str, Any]):
+    """The checkpoint to resume from (or ``None``), refusing to overwrite another run."""
+    from rlstruct import runner as rn
+    from rlstruct.io import atomic_write_text
+
+    checkpoint = rn.latest_checkpoint(run_dir)
+    if checkpoint is None and (run_dir / rn.MODEL_FILE).exists():
+        raise RLStructError(
+            f"{run_dir} already holds a finished run; choose another seed or out_dir "
+            "(or delete the folder to start over)"
+        )
+    if checkpoint is not None and not cfg.get("resume", False):
+        raise RLStructError(
+            f"{run_dir} already holds a run (checkpoint at {checkpoint.steps} steps); pass "
+            "resume=true to continue it, or choose another seed or out_dir"
+        )
+    if checkpoint is not None:
+        rn._check_resume_config(run_dir, cfg)
+    else:
+        atomic_write_text(run_dir / rn.CONFIG_FILE, rn._yaml_dump(cfg))
+    return checkpoint
+
+
+def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) -> Dict[str, Any]:
+    """Train (or resume) an ES run in ``run_dir``; returns ``metrics.json`` (see the module doc).
+
+    ``command`` (the command line that started the run) is recorded in ``metrics.json``.
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import configure
+
+    from rlstruct import runner as rn
+    from rlstruct.io import atomic_write_json, load_sb3_model, save_pickle_atomic, save_sb3_model
+
+    run_dir = Path(run_dir)
+    settings = ESSettings.from_config(cfg["algo"])
+    env_cfg = cfg["env"]
+    seed = int(cfg["seed"])
+    total = int(cfg["total_timesteps"])
+    checkpoint = _open_run(run_dir, cfg)
+
+    venv = rn.make_vec_env(env_cfg, 1, seed)
+    if checkpoint is not None:
+        model = load_sb3_model(PPO, checkpoint.folder / rn.MODEL_FILE, env=venv, device="cpu")
+    else:
+        rn.algo_class("ppo")  # registers "StructuredMlpPolicy"
+        model = PPO(
+            "StructuredMlpPolicy",
+            venv,
+            policy_kwargs=rn.policy_kwargs_from_config(cfg["policy"]),
+            seed=seed,
+            device="cpu",
+            verbose=0,
+        )
+    actor = PolicyActor(model.policy)
+    vecnorm = _normalizer_file(venv, env_cfg)
+    alive_bonus = settings.alive_bonus if settings.alive_bonus is not None else env_cfg.get("alive_bonus", 0.0)
+    eval_cfg = cfg.get("eval") or {}
+    ckpt_cfg = cfg.get("checkpoint") or {}
+    eval_freq = int(eval_cfg.get("freq", 0) or 0)
+    ckpt_freq = int(ckpt_cfg.get("freq", 0) or 0)
+
+    counts = model.policy.parameter_counts()
+    metrics = rn._base_metrics(cfg, counts, command)
+    metrics["status"] = "running"
+    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
+    logger = configure(str(run_dir / rn.TB_DIR), ["tensorboard"])
+    eval_env = env_spec_from_config(env_cfg, settings).make()
+
+    backend = make_backend(
+        settings.backend,
+        env_spec_from_config(env_cfg, settings),
+        settings.n_workers,
+        settings.ray_address,
+        settings.start_method,
+    )
+    with backend:
+        es = EvolutionStrategy(settings, actor, backend, seed, bool(env_cfg.get("normalize_obs")), alive_bonus)
+        if checkpoint is not None:
+            es.load_state_dict(model.es_state)
+        print(
+            f"[rlstruct] {env_cfg['id']} es structure={cfg['policy']['structure']} "
+            f"searching {actor.dim} actor parameters with {settings.directions} directions on "
+            f"{backend.n_workers} {settings.backend} workers -> {run_dir}"
+            + (f" resuming at {checkpoint.steps} steps" if checkpoint else ""),
+            flush=True,
+        )
+        clock = {"start": time.perf_counter(), "before": checkpoint.elapsed_s if checkpoint else 0.0}
+        start_steps = es.steps
+        next_eval = (es.steps // eval_freq + 1) * eval_freq if eval_freq else None
+        next_ckpt = (es.steps // ckpt_freq + 1) * ckpt_freq if ckpt_freq else None
+
+        def save_checkpoint() -> None:
+            model.es_state = es.state_dict()  # saved in model.zip's data (SB3 keeps attributes)
+            model.num_timesteps = es.steps
+            _sync_normalizer(vecnorm, es)
+            rn.write_checkpoint(run_dir, model, vecnorm, rn.clock_elapsed(clock), int(ckpt_cfg.get("keep", 2)))
+
+        while es.steps < total and (settings.iterations is None or es.iteration < settings.iterations):
+            tick = time.perf_counter()
+            info = es.step()
+            for key in ("mean_return", "max_return", "mean_train_return", "grad_norm", "step_norm", "theta_norm"):
+                logger.record(f"es/{key}", info[key])
+            logger.record("es/episodes", es.episodes)
+            logger.record("es/iteration", es.iteration)
+            logger.record("time/steps_per_s", info["iteration_steps"] / max(time.perf_counter() - tick, 1e-9))
+            if next_eval is not None and es.steps >= next_eval:
+                next_eval = (es.steps // eval_freq + 1) * eval_freq
+                rewards = es.evaluate(eval_env, int(eval_cfg.get("episodes", 5)), seed + _EVAL_SEED_OFFSET)
+                logger.record("eval/mean_reward", float(np.mean(rewards)))
+                logger.record("eval/std_reward", float(np.std(rewards)))
+                _append_evaluation(run_dir, es.steps, rewards, rn.clock_elapsed(clock))
+            logger.dump(step=es.steps)
+            if next_ckpt is not None and es.steps >= next_ckpt:
+                next_ckpt = (es.steps // ckpt_freq + 1) * ckpt_freq
+                save_checkpoint()
+        n_workers = backend.n_workers
+
+    elapsed = rn.clock_elapsed(clock)
+    session_s = time.perf_counter() - clock["start"]
+    model.es_state = es.state_dict()
+    model.num_timesteps = es.steps
+    save_sb3_model(model, run_dir / rn.MODEL_FILE)
+    _sync_normalizer(vecnorm, es)
+    if vecnorm is not None:
+        save_pickle_atomic(vecnorm, run_dir / rn.VECNORM_FILE)
+
+    # The final evaluation goes through the saved-model path (SB3 predict + VecNormalize), as for PPO.
+    final_env = rn.make_eval_env(cfg, seed + _EVAL_SEED_OFFSET)
+    rn.sync_normalization(vecnorm, final_env)
+    rewards = rn.evaluate_model(model, final_env, int(eval_cfg.get("final_episodes", 10)), deterministic=True)
+    metrics.update(
+        status="finished",
+        steps=es.steps,
+        wall_time_s=round(elapsed, 2),
+        steps_per_s=round((es.steps - start_steps) / session_s, 1) if session_s > 0 else None,
+        final_eval=dict(
+            mean=float(np.mean(rewards)),
+            std=float(np.std(rewards)),
+            episodes=len(rewards),
+            deterministic=True,  # an ES policy is its mean action
+            rewards=rewards,
+        ),
+        es=dict(
+            iterations=es.iteration,
+            episodes=es.episodes,
+            searched_parameters=actor.dim,
+            backend=settings.backend,
+            n_workers=n_workers,
+        ),
+    )
+    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
+    for env in (venv, final_env, eval_env):
+        env.close()
+    logger.close()
+    print(
+        f"[rlstruct] done: {es.steps} steps ({es.iteration} ES iterations) in {elapsed:.0f} s; "
+        f"final reward {metrics['final_eval']['mean']:.1f} +- {metrics['final_eval']['std']:.1f}",
+        flush=True,
+    )
+    return metrics

@@ -1,0 +1,299 @@
+"""Evolution strategies: directions, the antithetic estimator, worker-count independence, lost
+workers, Ray vs local, settings errors, and the run folder train() writes for algo=es."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from rlstruct.algos.backends import LocalBackend, check_ray_address, make_backend
+from rlstruct.algos.es import ESSettings, EvolutionStrategy, PolicyActor, env_spec_from_config
+from rlstruct.algos.estimators import es_gradient, sample_directions
+from rlstruct.algos.rollout import RunningStats
+from rlstruct.errors import RLStructError
+from rlstruct.runner import load_run, make_vec_env, train
+
+CARTPOLE = {"name": "cartpole", "id": "CartPole-v1", "normalize_obs": True}
+PENDULUM = {"name": "pendulum", "id": "Pendulum-v1", "normalize_obs": True}
+
+
+# ------------------------------------------------------------------------------------------------
+# the mathematics
+@pytest.mark.parametrize("n,dim", [(12, 12), (5, 12), (30, 12)])
+def test_orthogonal_directions_are_orthogonal_within_each_block(n, dim):
+    eps = sample_directions("orthogonal", n, dim, np.random.default_rng(0))
+    assert eps.shape == (n, dim)
+    for start in range(0, n, dim):
+        block = eps[start : start + dim]
+        gram = block @ block.T
+        off = gram - np.diag(np.diag(gram))
+        assert np.abs(off).max() < 1e-12 * np.diag(gram).max()
+
+
+def test_orthogonal_and_hadamard_rows_have_gaussian_norms_on_average():
+    rng = np.random.default_rng(1)
+    dim = 16
+    orth = np.concatenate([sample_directions("orthogonal", dim, dim, rng) for _ in range(300)])
+    # E||eps||^2 = dim as for N(0, I); 4800 chi^2(16) draws: relative std of the mean ~0.5%.
+    assert abs(np.mean(np.sum(orth**2, axis=1)) / dim - 1) < 0.03
+    had = sample_directions("hadamard", dim, dim, rng)
+    np.testing.assert_allclose(had @ had.T, dim * np.eye(dim), atol=1e-12 * dim)
+
+
+def _quadratic(dim: int, seed: int):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(dim, dim))
+    hessian = -(a @ a.T) - np.eye(dim)  # concave, so "ascent" has a maximum
+    linear = rng.normal(size=dim)
+
+    def f(theta):
+        return 0.5 * theta @ hessian @ theta + linear @ theta
+
+    def grad(theta):
+        return hessian @ theta + linear
+
+    return f, grad
+
+
+def _antithetic(f, theta, eps, sigma):
+    pos = np.array([f(theta + sigma * e) for e in eps])
+    neg = np.array([f(theta - sigma * e) for e in eps])
+    return pos, neg
+
+
+def test_antithetic_estimator_cancels_the_curvature_of_a_quadratic():
+    dim, sigma = 16, 0.3
+    f, grad = _quadratic(dim, 2)
+    theta = np.random.default_rng(3).normal(size=dim)
+    true = grad(theta)
+    for kind in ("gaussian", "orthogonal", "hadamard"):
+        eps = sample_directions(kind, 7, dim, np.random.default_rng(4))
+        g = es_gradient(*_antithetic(f, theta, eps, sigma), eps, sigma, shaping="none")
+        # For a quadratic each pair gives (eps . grad) eps exactly: no sigma-dependent bias.
+        np.testing.assert_allclose(g, eps.T @ (eps @ true) / len(eps), rtol=1e-9, atol=1e-9 * np.abs(true).max())
+    # A full block of orthogonal directions of norm sqrt(dim) recovers the gradient itself.
+    eps = sample_directions("hadamard", dim, dim, np.random.default_rng(5))
+    g = es_gradient(*_antithetic(f, theta, eps, sigma), eps, sigma, shaping="none")
+    np.testing.assert_allclose(g, true, rtol=1e-9, atol=1e-9 * np.abs(true).max())
+    # iid Gaussian directions: unbiased, error ~ sqrt(dim / n).
+    eps = sample_directions("gaussian", 20_000, dim, np.random.default_rng(6))
+    g = es_gradient(*_antithetic(f, theta, eps, sigma), eps, sigma, shaping="none")
+    assert np.linalg.norm(g - true) < 0.1 * np.linalg.norm(true)
+
+
+def test_top_b_and_shapings_use_only_the_best_directions():
+    rng = np.random.default_rng(7)
+    eps = rng.normal(size=(6, 4))
+    pos, neg = rng.normal(size=6), rng.normal(size=6)
+    best = np.argsort(-np.maximum(pos, neg))[:3]
+    expected = es_gradient(pos[best], neg[best], eps[best], 0.1, "none")
+    np.testing.assert_allclose(es_gradient(pos, neg, eps, 0.1, "none", top_b=3), expected, rtol=1e-12)
+    ars = es_gradient(pos, neg, eps, 0.1, "ars", top_b=3)
+    scale = np.std(np.concatenate([pos[best], neg[best]]))
+    np.testing.assert_allclose(ars, (pos[best] - neg[best]) @ eps[best] / (3 * scale), rtol=1e-12)
+    ranks = es_gradient(pos, neg, eps, 0.1, "centered_ranks")
+    # Centered ranks only see the order: a monotone transform of the returns changes nothing.
+    np.testing.assert_allclose(es_gradient(np.exp(pos), np.exp(neg), eps, 0.1, "centered_ranks"), ranks)
+
+
+def test_parallel_welford_merge_matches_one_pass():
+    data = np.random.default_rng(8).normal(3.0, 2.0, size=(101, 5))
+    merged = RunningStats(5)
+    for chunk in np.array_split(data, 7):
+        merged.merge(RunningStats.from_batch(chunk))
+    np.testing.assert_allclose(merged.mean, data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(merged.var, data.var(axis=0), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# the ES loop and its workers
+def _model(env_cfg):
+    from stable_baselines3 import PPO
+
+    import rlstruct.policies  # noqa: F401  (registers "StructuredMlpPolicy")
+
+    venv = make_vec_env(env_cfg, 1, 0)
+    return PPO("StructuredMlpPolicy", venv, seed=0, device="cpu",
+               policy_kwargs=dict(structure="toeplitz", net_arch=[8, 8]))
+
+
+def _es(backend, env_cfg=CARTPOLE, directions=6, seed=0, **settings):
+    s = ESSettings(directions=directions, sigma=0.1, learning_rate=0.05, **settings)
+    return EvolutionStrategy(s, PolicyActor(_model(env_cfg).policy), backend, seed, True, 0.0)
+
+
+def _run(backend, iterations=3, **kwargs):
+    es = _es(backend, **kwargs)
+    for _ in range(iterations):
+        es.step()
+    return es
+
+
+@pytest.mark.parametrize("env_cfg", [CARTPOLE, PENDULUM])
+def test_numpy_actor_acts_like_sb3_predict(env_cfg):
+    model = _model(env_cfg)
+    actor = PolicyActor(model.policy)
+    theta = actor.get_vector() + np.random.default_rng(9).normal(size=actor.dim)
+    numpy_actor = actor.numpy_actor(theta)  # also loads theta into the policy
+    obs = 2 * np.random.default_rng(10).normal(size=(32, model.observation_space.shape[0]))
+    ours = np.stack([numpy_actor.act(o) for o in obs])
+    theirs, _ = model.predict(obs.astype(np.float32), deterministic=True)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    """Three iterations on one worker: the result every other layout must reproduce."""
+    spec = env_spec_from_config(CARTPOLE, ESSettings())
+    with LocalBackend(spec, 1) as backend:
+        es = _run(backend)
+        return es.theta.copy(), es.obs_stats.mean.copy(), es.steps
+
+
+def test_same_seed_same_parameters_with_one_and_two_workers(reference_run):
+    theta, obs_mean, steps = reference_run
+    with LocalBackend(env_spec_from_config(CARTPOLE, ESSettings()), 2) as backend:
+        es = _run(backend)
+    assert es.steps == steps
+    assert np.array_equal(es.theta, theta)
+    assert np.array_equal(es.obs_stats.mean, obs_mean)
+    with LocalBackend(env_spec_from_config(CARTPOLE, ESSettings()), 1) as backend:
+        other_seed = _run(backend, seed=1)
+    assert not np.array_equal(other_seed.theta, theta)
+
+
+def test_a_killed_worker_loses_no_directions(reference_run):
+    theta, obs_mean, steps = reference_run
+    with LocalBackend(env_spec_from_config(CARTPOLE, ESSettings()), 2) as backend:
+        es = _es(backend)
+        es.step()
+        # 1) a worker killed while idle: the next task sent to it is lost and re-run elsewhere.
+        os.kill(backend.worker_pids()[0], signal.SIGKILL)
+        time.sleep(0.2)
+        with pytest.warns(RuntimeWarning, match="died"):
+            es.step()
+        # 2) a worker killed while it holds a task (as soon as one is in flight).
+        def kill_busy_worker():
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                busy = [w for w in backend._workers if w.task is not None]
+                if busy:
+                    os.kill(busy[0].process.pid, signal.SIGKILL)
+                    return
+                time.sleep(0.0005)
+
+        killer = threading.Thread(target=kill_busy_worker)
+        killer.start()
+        with pytest.warns(RuntimeWarning, match="died"):
+            es.step()
+        killer.join()
+        assert len(backend.worker_pids()) == 2
+    assert es.steps == steps
+    assert np.array_equal(es.theta, theta)
+    assert np.array_equal(es.obs_stats.mean, obs_mean)
+
+
+def test_ray_backend_gives_the_local_result(reference_run):
+    pytest.importorskip("ray")
+    theta, _, steps = reference_run
+    with make_backend("ray", env_spec_from_config(CARTPOLE, ESSettings()), 2) as backend:
+        es = _run(backend)
+    assert es.steps == steps
+    assert np.array_equal(es.theta, theta)
+
+
+# ------------------------------------------------------------------------------------------------
+# settings errors
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"directions": 0}, "directions must be a positive integer"),
+        ({"sigma": -1.0}, "sigma must be positive"),
+        ({"backend": "mpi"}, "unknown ES backend 'mpi'"),
+        ({"sampling": "sobol"}, "unknown ES sampling"),
+        ({"top_b": 9, "directions": 4}, "top_b .9. exceeds directions"),
+        ({"n_workers": 0}, "n_workers must be a positive integer"),
+        ({"popsize": 8}, "unknown ES settings \\['popsize'\\]"),
+    ],
+)
+def test_bad_settings_raise_a_clear_error(override, message):
+    with pytest.raises(RLStructError, match=message):
+        ESSettings.from_config({"name": "es", **override})
+
+
+def test_bad_backends_raise_a_clear_error():
+    spec = env_spec_from_config(CARTPOLE, ESSettings())
+    with pytest.raises(RLStructError, match="unknown ES backend"):
+        make_backend("mpi", spec, 1)
+    with pytest.raises(RLStructError, match="unreachable"):
+        check_ray_address("127.0.0.1:9", timeout_s=2)
+    with pytest.raises(RLStructError, match="not host:port"):
+        check_ray_address("nowhere")
+
+
+# ------------------------------------------------------------------------------------------------
+# the run folder
+def _es_config(tmp_path, total, **overrides):
+    cfg = tiny_config(
+        tmp_path, algo="es", env="pendulum", policy="toeplitz", **{"policy.hidden": "[8,8]"}
+    )
+    cfg["algo"].update(directions=4, n_workers=2, sigma=0.1, learning_rate=0.05)
+    cfg.update(total_timesteps=total, progress_bar=False, seed=3)
+    cfg["eval"].update(freq=1600, episodes=2, final_episodes=2)
+    cfg["checkpoint"].update(freq=1600, keep=2)
+    cfg.update(overrides)
+    return cfg
+
+
+def test_train_with_algo_es_writes_a_ppo_loadable_run(tmp_path):
+    from stable_baselines3 import PPO
+
+    from rlstruct.policies import StructuredActorCriticPolicy
+
+    run = tmp_path / "run"
+    metrics = train(_es_config(tmp_path, 3200), run)
+    for name in ("config.yaml", "metrics.json", "evaluations.csv", "model.zip", "vecnormalize.pkl"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").rglob("events.out.tfevents*"))
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["status"] == "finished" and saved["algo"] == "es"
+    assert saved["steps"] == 3200 and saved["es"]["iterations"] == 2
+    for key in ("params", "compression", "git_commit", "steps_per_s", "wall_time_s", "final_eval"):
+        assert key in saved
+    assert len((run / "evaluations.csv").read_text().splitlines()) == 3  # header + 2 evaluations
+
+    model = PPO.load(run / "model.zip", device="cpu")
+    assert isinstance(model.policy, StructuredActorCriticPolicy)
+    theta = PolicyActor(model.policy).get_vector()
+    np.testing.assert_allclose(theta, model.es_state["theta"], rtol=1e-6)
+
+    loaded, venv, _ = load_run(run)
+    assert venv.obs_rms.count == model.es_state["obs_stats"]["count"] > 0
+    from rlstruct.runner import evaluate_model
+
+    rewards = evaluate_model(loaded, venv, episodes=2)
+    assert np.isfinite(rewards).all()
+    assert metrics["final_eval"]["episodes"] == 2
+
+
+def test_resumed_es_run_continues_exactly(tmp_path):
+    straight = train(_es_config(tmp_path, 4800), tmp_path / "straight")
+    part = tmp_path / "part"
+    train(_es_config(tmp_path, 3200), part)
+    (part / "model.zip").unlink()  # as if killed after the last checkpoint
+    resumed = train(_es_config(tmp_path, 4800, resume=True), part)
+    assert resumed["steps"] == straight["steps"] == 4800
+    from stable_baselines3 import PPO
+
+    a = PPO.load(tmp_path / "straight" / "model.zip").es_state
+    b = PPO.load(part / "model.zip").es_state
+    assert a["theta"] == b["theta"] and a["obs_stats"] == b["obs_stats"]
