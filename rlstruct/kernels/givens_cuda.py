@@ -49,6 +49,7 @@ from numba import cuda, float32, types
 from rlstruct.errors import RLStructError
 from rlstruct.kernels.givens_cuda_shapes import (
     DEFAULT_THREADS,
+    MAX_TILE_ROWS,
     LaunchConfig,
     backward_blocks,
     check_inputs,
@@ -195,12 +196,13 @@ def givens_backward_kernel(
 # simulator) and a numba stream; allocation is the caller's so torch can own the memory.
 
 
-def launch_forward(x, pairs, angles, scale, y, *, threads: int = DEFAULT_THREADS, stream=0) -> None:
+def launch_forward(x, pairs, angles, scale, y, *, threads: int = DEFAULT_THREADS,
+                   max_rows: int = MAX_TILE_ROWS, stream=0) -> None:
     """Run the forward kernel: ``x`` ``(batch, n)`` -> ``y``; ``scale`` ``(n,)`` or ``(0,)``."""
     batch, n = x.shape
     if batch == 0:
         return
-    config = launch_config(n, batch, threads=threads)
+    config = launch_config(n, batch, threads=threads, max_rows=max_rows)
     givens_forward_kernel[config.tiles, config.block, stream, config.shared_bytes](
         x, pairs, angles, scale, y, config.rows
     )
@@ -216,20 +218,21 @@ def launch_backward(src, grad, pairs, angles, scale, recompute: bool, grad_x, an
 
 
 def forward_numpy(x: np.ndarray, pairs: np.ndarray, angles: np.ndarray, scale: Optional[np.ndarray] = None,
-                  *, threads: int = DEFAULT_THREADS) -> np.ndarray:
+                  *, threads: int = DEFAULT_THREADS, max_rows: int = MAX_TILE_ROWS) -> np.ndarray:
     """Host helper: ``(batch, n) -> (batch, n)`` through the forward kernel (GPU or simulator)."""
     check_inputs(x.shape, pairs.shape, angles.shape, None if scale is None else len(scale))
     y = np.empty_like(x, dtype=np.float32)
     scale_arr = np.zeros(0, np.float32) if scale is None else np.ascontiguousarray(scale, np.float32)
     launch_forward(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(pairs, np.int64),
-                   np.ascontiguousarray(angles, np.float32), scale_arr, y, threads=threads)
+                   np.ascontiguousarray(angles, np.float32), scale_arr, y, threads=threads,
+                   max_rows=max_rows)
     return y
 
 
 def backward_numpy(src: np.ndarray, grad: np.ndarray, pairs: np.ndarray, angles: np.ndarray,
                    scale: Optional[np.ndarray] = None, *, recompute: bool = False,
-                   threads: int = DEFAULT_THREADS, max_blocks: int = 1024
-                   ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+                   threads: int = DEFAULT_THREADS, max_rows: int = MAX_TILE_ROWS,
+                   max_blocks: int = 1024) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """Host helper: ``(grad_x (batch, n), grad_angles (L, n/2), grad_scale (n,) or None)``.
 
     ``src`` is the rotated output ``G x`` (``recompute=False``) or ``x`` (``recompute=True``).
@@ -237,7 +240,7 @@ def backward_numpy(src: np.ndarray, grad: np.ndarray, pairs: np.ndarray, angles:
     check_inputs(src.shape, pairs.shape, angles.shape, None if scale is None else len(scale))
     batch, n = src.shape
     n_stages = pairs.shape[0]
-    config = launch_config(n, batch, backward=True, threads=threads)
+    config = launch_config(n, batch, backward=True, threads=threads, max_rows=max_rows)
     blocks = backward_blocks(n, n_stages, config, max_blocks)
     grad_x = np.zeros_like(src, dtype=np.float32)
     angle_partials = np.zeros((blocks * config.row_threads, n_stages, n // 2), np.float32)
@@ -290,7 +293,15 @@ class PtxasReport:
 def compile_ptx(kernel: str, cc: tuple[int, int]) -> str:
     """PTX of ``kernel`` (``"forward"`` or ``"backward"``) for compute capability ``cc``."""
     func, signature = KERNEL_SIGNATURES[kernel]
-    ptx, _ = cuda.compile_ptx(func.py_func, signature, cc=cc)
+    try:
+        ptx, _ = cuda.compile_ptx(func.py_func, signature, cc=cc)
+    except Exception as err:  # numba-cuda loads NVRTC/NVVM lazily; name the missing piece
+        if "nvrtc" in str(err).lower() or "nvvm" in str(err).lower():
+            raise RLStructError(
+                f"givens_cuda: numba-cuda cannot find the CUDA compiler libraries ({err}); "
+                "pip install nvidia-cuda-nvrtc (and a CUDA toolkit for libnvvm)"
+            ) from err
+        raise
     return ptx
 
 

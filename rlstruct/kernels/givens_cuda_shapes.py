@@ -39,19 +39,22 @@ class LaunchConfig:
         return (self.pair_threads, self.row_threads)
 
 
-def launch_config(n: int, batch: int, *, backward: bool = False, threads: int = DEFAULT_THREADS) -> LaunchConfig:
+def launch_config(
+    n: int, batch: int, *, backward: bool = False, threads: int = DEFAULT_THREADS,
+    max_rows: int = MAX_TILE_ROWS,
+) -> LaunchConfig:
     """Tile and block shape for a width-``n`` product over ``batch`` rows.
 
     Threads go to pairs first (up to ``threads``), the rest to rows; a tile holds as many rows
-    as the shared-memory budget allows (at least one, at most ``MAX_TILE_ROWS`` and ``batch``).
+    as the shared-memory budget allows (at least one, at most ``max_rows`` and ``batch``).
     """
-    if threads < 1:
-        raise RLStructError(f"givens_cuda: threads must be >= 1, got {threads}")
+    if threads < 1 or max_rows < 1:
+        raise RLStructError(f"givens_cuda: threads and max_rows must be >= 1, got {threads}, {max_rows}")
     arrays = 2 if backward else 1  # the backward keeps values and gradients
     budget = BACKWARD_SMEM_BYTES if backward else FORWARD_SMEM_BYTES
     pair_threads = min(n // 2, threads)
     row_threads = max(1, threads // pair_threads)
-    rows = max(1, min(budget // (arrays * n * FLOAT_BYTES), MAX_TILE_ROWS, batch))
+    rows = max(1, min(budget // (arrays * n * FLOAT_BYTES), max_rows, batch))
     row_threads = min(row_threads, rows)
     tiles = -(-batch // rows)
     return LaunchConfig(pair_threads, row_threads, rows, tiles, arrays * rows * n * FLOAT_BYTES)
