@@ -307,7 +307,7 @@ def test_kaleidoscope_is_a_product_of_butterfly_stages():
         m = torch.zeros(n, n, dtype=torch.float64)
         firsts = [p for p in range(n) if not p & stride]
         for k, p in enumerate(firsts):
-            t = layer.twiddles[stage, k].detach()
+            t = layer.twiddles[stage, :, :, k].detach()
             for a, r in enumerate((p, p + stride)):
                 for b, c in enumerate((p, p + stride)):
                     m[r, c] = t[a, b]

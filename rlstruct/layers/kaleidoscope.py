@@ -18,7 +18,7 @@ Initialization: every twiddle a random rotation, so ``W`` starts orthogonal (a s
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -38,15 +38,25 @@ def kaleidoscope_strides(n: int, n_blocks: int) -> List[int]:
     return (up + up[::-1]) * n_blocks
 
 
-def butterfly_stage(x: torch.Tensor, twiddle: torch.Tensor, stride: int) -> torch.Tensor:
-    """One stage: ``x`` ``(batch, N)``, ``twiddle`` ``(N / 2, 2, 2)`` (pair ``k`` = group ``k //
-    stride``, offset ``k % stride``) -> ``(batch, N)``."""
+def butterfly_stage(
+    x: torch.Tensor, twiddle: Sequence[torch.Tensor], stride: int
+) -> torch.Tensor:
+    """One stage: ``x`` ``(batch, N)`` -> ``(batch, N)``.
+
+    ``twiddle`` holds the four coefficient planes ``(t00, t01, t10, t11)``, each ``(N / 2,)``:
+    entry ``(i, j)`` of the 2x2 matrix of every pair. Pair ``k`` joins ``p`` and ``p + stride``
+    with ``p = (k // stride) * 2 * stride + k % stride``.
+    """
     batch, n = x.shape
     groups = n // (2 * stride)
-    # t[g, i, j, o] = twiddle of pair (g, o), entry (i, j); x viewed as [b, g, (j), o].
-    t = twiddle.view(groups, stride, 2, 2).permute(0, 2, 3, 1)
-    y = (x.view(batch, groups, 1, 2, stride) * t).sum(3)
-    return y.reshape(batch, n)
+    pairs = x.view(batch, groups, 2, stride)
+    first, second = pairs[:, :, 0], pairs[:, :, 1]
+    # Contiguous coefficient planes make every op a plain broadcast over the batch
+    # (measured 2-3x faster than one 5-d broadcast product and a sum).
+    a, b, c, d = (plane.view(groups, stride) for plane in twiddle)
+    top = torch.addcmul(a * first, b, second)
+    bottom = torch.addcmul(c * first, d, second)
+    return torch.stack([top, bottom], 2).reshape(batch, n)
 
 
 @register("kaleidoscope")
@@ -57,10 +67,10 @@ class KaleidoscopeLinear(ZooLinear):
         n_blocks: number of ``B B*`` blocks.
         mode, seed: see :mod:`rlstruct.layers.common`.
 
-    Shapes: ``twiddles`` ``(n_blocks * 2 log2 N, N / 2, 2, 2)``.
+    Shapes: ``twiddles`` ``(n_blocks * 2 log2 N, 2, 2, N / 2)``: stage, 2x2 entry, pair.
     """
 
-    default_dense_threshold = 256
+    default_dense_threshold = 64
 
     def __init__(
         self,
@@ -82,8 +92,8 @@ class KaleidoscopeLinear(ZooLinear):
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         theta = torch.rand(len(self.strides), self.n // 2, generator=generator) * (2 * math.pi)
         c, s = torch.cos(theta), torch.sin(theta)
-        rotations = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-        return {"twiddles": rotations}
+        rotations = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
+        return {"twiddles": rotations}  # (L, 2, 2, N / 2)
 
     def _init_like_orthogonal_learned(self, gain: float) -> None:
         # Rotation twiddles make W orthogonal; scaling the last stage gives it norm `gain`.
@@ -93,9 +103,11 @@ class KaleidoscopeLinear(ZooLinear):
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         y = pad_columns(x, self.n)
-        twiddles = self.twiddles.to(x.dtype)
+        # One unbind for all planes: indexing stage by stage would make the backward pass
+        # allocate a full-size zero gradient per index.
+        planes = self.twiddles.to(x.dtype).reshape(-1, self.n // 2).unbind(0)
         for stage, stride in enumerate(self.strides):
-            y = butterfly_stage(y, twiddles[stage], stride)
+            y = butterfly_stage(y, planes[4 * stage : 4 * stage + 4], stride)
         return y[:, : self.out_features]
 
     def _dense(self) -> torch.Tensor:

@@ -66,7 +66,7 @@ class FCirculantLinear(ZooLinear):
     Initialization: ``c`` uniform in ``+-1/sqrt(in)`` (nn.Linear's entry distribution).
     """
 
-    default_dense_threshold = 1024
+    default_dense_threshold = 128
     wrap: float = 1.0
 
     def __init__(
@@ -121,7 +121,7 @@ class HankelLinear(ZooLinear):
     Initialization: ``h`` uniform in ``+-1/sqrt(in)``.
     """
 
-    default_dense_threshold = 1024
+    default_dense_threshold = 512
 
     def __init__(
         self,
@@ -167,7 +167,7 @@ class ToeplitzLikeLinear(ZooLinear):
     nn.Linear's entry variance ``1 / (3 in)``.
     """
 
-    default_dense_threshold = 512
+    default_dense_threshold = 128
 
     def __init__(
         self,

@@ -33,7 +33,7 @@ from rlstruct.layers.registry import register
 class SpinnerLinear(ZooLinear):
     """Constructor and dense build shared by the spinners; subclasses pick ``N`` and the draw."""
 
-    default_dense_threshold = 256
+    default_dense_threshold = 64
 
     def __init__(
         self,
