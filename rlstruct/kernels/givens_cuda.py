@@ -39,12 +39,14 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 from numba import cuda, float32, types
+from numba.core.errors import NumbaPerformanceWarning
 
 from rlstruct.errors import RLStructError
 from rlstruct.kernels.givens_cuda_shapes import (
@@ -54,6 +56,12 @@ from rlstruct.kernels.givens_cuda_shapes import (
     backward_blocks,
     check_inputs,
     launch_config,
+)
+
+# Small grids are expected (an RL rollout is often one row); numba would warn on every launch.
+warnings.filterwarnings(
+    "ignore", message=r"Grid size \d+ will likely result in GPU under-utilization",
+    category=NumbaPerformanceWarning,
 )
 
 # ----------------------------------------------------------------------------------------------
