@@ -152,7 +152,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--widths", type=int, nargs="+", default=None)
     parser.add_argument("--batches", type=int, nargs="+", default=None)
     parser.add_argument("--min-time", type=float, default=None,
-                        help="seconds of timed calls per measurement (default 0.2, quick 0.05)")
+                        help="seconds of timed calls per measurement (default 0.1, quick 0.05)")
     parser.add_argument("--max-call", type=float, default=3.0,
                         help="calls slower than this many seconds are timed once")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "layers_benchmark")
@@ -164,7 +164,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
         parser.error(f"unknown families {unknown}; choose from {known}")
     args.widths = args.widths or ([64, 256] if args.quick else [64, 256, 1024, 4096])
     args.batches = args.batches or ([1, 64] if args.quick else [1, 64, 2048])
-    args.min_time = args.min_time or (0.05 if args.quick else 0.2)
+    args.min_time = args.min_time or (0.05 if args.quick else 0.1)
     return args
 
 

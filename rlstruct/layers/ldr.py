@@ -29,7 +29,13 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from rlstruct.layers.common import ZooLinear, check_positive, pad_columns, uniform_bound
+from rlstruct.layers.common import (
+    ZooLinear,
+    check_positive,
+    next_pow2,
+    pad_columns,
+    uniform_bound,
+)
 from rlstruct.layers.registry import register
 
 
@@ -45,18 +51,19 @@ def f_circulant_block(v: torch.Tensor, f: float, rows: int, cols: int) -> torch.
     return ext.unfold(-1, cols, 1)[..., n - rows : n, :].flip(-2)
 
 
-def linear_convolution(x: torch.Tensor, v: torch.Tensor, size: int) -> torch.Tensor:
-    """Full linear convolution of the last axes by FFT, zero-padded to ``size``.
+def linear_convolution(x: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear convolution of the last axes by FFT (entries ``0 .. size - 1``, ``size >= length``).
 
-    ``x`` ``(..., a)`` and ``v`` ``(..., b)`` broadcast; returns ``(..., size)`` with
-    ``size >= a + b - 1``.
+    ``x`` ``(..., a)`` and ``v`` ``(..., b)`` broadcast; ``length >= a + b - 1``. The FFT size is
+    rounded up to a power of two (odd sizes like ``2n + m - 2`` are several times slower).
     """
+    size = next_pow2(max(length, 1))
     return torch.fft.irfft(torch.fft.rfft(x, n=size) * torch.fft.rfft(v, n=size), n=size)
 
 
 def fold(full: torch.Tensor, n: int, f: float) -> torch.Tensor:
-    """Wrap a length-``2n`` convolution into ``Z_f``'s product: ``full[:n] + f * full[n:]``."""
-    return full[..., :n] + f * full[..., n:]
+    """Wrap a convolution of length ``2n - 1`` into ``Z_f(v) x``: ``full[:n] + f full[n:2n]``."""
+    return full[..., :n] + f * full[..., n : 2 * n]
 
 
 class FCirculantLinear(ZooLinear):
@@ -90,9 +97,13 @@ class FCirculantLinear(ZooLinear):
         return f_circulant_block(self.c, self.wrap, self.out_features, self.in_features)
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.n
-        full = linear_convolution(pad_columns(x, n), self.c.to(x.dtype), 2 * n)
-        return fold(full, n, self.wrap)[:, : self.out_features]
+        n, c = self.n, self.c.to(x.dtype)
+        x = pad_columns(x, n)
+        if self.wrap == 1.0:  # circulant: a cyclic convolution, half the FFT size
+            y = torch.fft.irfft(torch.fft.rfft(x, n=n) * torch.fft.rfft(c, n=n), n=n)
+        else:
+            y = fold(linear_convolution(x, c, 2 * n), n, self.wrap)
+        return y[:, : self.out_features]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, n={self.n}"
@@ -147,7 +158,7 @@ class HankelLinear(ZooLinear):
         # y[i] = sum_j h[i + j] x[j] = (h * rev(x))[i + in - 1].
         n, m = self.in_features, self.out_features
         size = 2 * n + m - 2
-        full = linear_convolution(x.flip(1), self.h.to(x.dtype), max(size, 1))
+        full = linear_convolution(x.flip(1), self.h.to(x.dtype), size)
         return full[:, n - 1 : n - 1 + m]
 
 
@@ -202,8 +213,8 @@ class ToeplitzLikeLinear(ZooLinear):
         )
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        n, size = self.n, 2 * self.n
-        xf = torch.fft.rfft(pad_columns(x, n), n=size).unsqueeze(1)  # (b, 1, n + 1)
+        n, size = self.n, next_pow2(2 * self.n)
+        xf = torch.fft.rfft(pad_columns(x, n), n=size).unsqueeze(1)  # (b, 1, size / 2 + 1)
         skew = fold(torch.fft.irfft(xf * torch.fft.rfft(self.h.to(x.dtype), n=size), n=size),
                     n, -1.0)  # (b, r, n): Z_{-1}(h_k) x
         mixed = (torch.fft.rfft(skew, n=size) * torch.fft.rfft(self.g.to(x.dtype), n=size)).sum(1)
