@@ -80,7 +80,8 @@ class NumpyActor:
         out = self.output(obs)
         if self.discrete:
             return int(np.argmax(out))
-        return np.clip(out, self.low, self.high)
+        # np.minimum/np.maximum: a few times cheaper than np.clip on vectors this small.
+        return np.minimum(np.maximum(out, self.low), self.high)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,7 +139,9 @@ def normalize(obs: np.ndarray, mean: Optional[np.ndarray], scale: Optional[np.nd
     """``clip((obs - mean) * scale, -10, 10)`` as ``VecNormalize`` does; identity without stats."""
     if mean is None:
         return obs
-    return np.clip((obs - mean) * scale, -OBS_CLIP, OBS_CLIP)
+    out = (obs - mean) * scale
+    np.maximum(out, -OBS_CLIP, out=out)
+    return np.minimum(out, OBS_CLIP, out=out)
 
 
 # ------------------------------------------------------------------------------------------------
