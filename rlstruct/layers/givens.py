@@ -35,6 +35,7 @@ from rlstruct.errors import RLStructError
 from rlstruct.layers.base import StructuredLinear
 from rlstruct.layers.registry import register
 from rlstruct.kernels import givens_product
+from rlstruct.kernels.dispatch import givens_dense
 
 LAYOUTS = ("butterfly", "random")
 MODES = ("learned", "random")
@@ -157,12 +158,16 @@ class KamaLinear(StructuredLinear):
         """``(batch, in) -> (batch, out)``: pad, rotate, scale, slice."""
         if self.in_features < self.n:
             x = nn.functional.pad(x, (0, self.n - self.in_features))
-        y = givens_product(x, self.pairs, self.angles.to(x.dtype))
-        return y[:, : self.out_features] * self.scale[: self.out_features].to(x.dtype)
+        y = givens_product(x, self.pairs, self.angles.to(x.dtype), self.scale.to(x.dtype))
+        return y[:, : self.out_features]
 
     def to_dense(self) -> torch.Tensor:
-        eye = torch.eye(self.in_features, dtype=self.scale.dtype, device=self.scale.device)
-        return self._rotate(eye).t()
+        # One fused call on CPU (and one for its backward): the per-minibatch build is what
+        # PPO pays for at RL widths.
+        return givens_dense(
+            self.pairs, self.angles.to(self.scale.dtype), self.scale,
+            self.in_features, self.out_features,
+        )
 
     def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
         return self._rotate(x)

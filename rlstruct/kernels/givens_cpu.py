@@ -1,0 +1,324 @@
+"""Fused CPU Givens products: numba kernels behind ``torch.autograd.Function``.
+
+At reinforcement-learning widths (64 to 256) a Givens product costs what its dispatched ops
+cost, not its FLOPs: the pure-torch reference spends a few ops per stage, and so does its
+backward. Here every stage runs inside one compiled call, forward and backward.
+
+Two entry points, both with the stage representation of :mod:`rlstruct.kernels.reference`:
+
+* :func:`givens_product_cpu` ``(x, pairs, angles)``: the same map as ``givens_reference``.
+* :func:`givens_dense_cpu` ``(pairs, angles, scale, in_features, out_features)``: the KAMA
+  weight ``W = diag(scale[:out]) (G_L ... G_1)[:out, :in]`` of shape ``(out, in)``, i.e. the
+  rotated identity, sliced and scaled (reference: ``dispatch.dense_by_product``), built
+  without materializing the identity.
+
+Kernels work on an ``(n, batch)`` buffer, so the innermost loop runs over the batch with unit
+stride (SIMD). The backward keeps no per-stage activations: walking the stages backwards, it
+recovers each stage's input from its output with the inverse rotation (exact up to rounding,
+rotations being orthogonal) while it rotates the gradient back. For a stage output
+``(y_p, y_q)`` and its gradient ``(g_p, g_q)``, ``d loss / d theta = sum_b g_q y_p - g_p y_q``.
+
+Numerics: no fast-math approximations; only the batch reductions of the angle gradient are
+allowed to reassociate (``fastmath={"reassoc"}``), which changes their summation order the way
+a vectorized ``torch.sum`` does, so they vectorize.
+
+Compilation: ``cache=True`` stores the machine code in ``__pycache__``; the first call on a
+machine compiles each dtype (float32, float64) once, about 1-2 s each, later processes load it.
+
+Double backward (``create_graph=True``, e.g. TRPO's Hessian-vector products) is served by
+differentiating the pure-torch reference for that backward call: correct, at reference speed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numba
+import numpy as np
+import torch
+
+from rlstruct.kernels.reference import givens_reference
+
+#: dtypes the kernels are compiled for; others take the reference path.
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+#: bytes of working buffer per kernel call: the batch is processed in column chunks this size
+#: so that all stages run on data in the L2 cache (large batches would otherwise stream
+#: through memory once per stage).
+CHUNK_BYTES = 128 * 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels: buffers are (n, batch), C-contiguous.
+@numba.njit(cache=True)
+def _rotate(buf: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+    """Apply stages ``0 .. L-1`` to the columns of ``buf`` (n, batch), in place."""
+    n_stages, n = pairs.shape
+    batch = buf.shape[1]
+    for stage in range(n_stages):
+        for k in range(n // 2):
+            row_p = buf[pairs[stage, 2 * k]]
+            row_q = buf[pairs[stage, 2 * k + 1]]
+            c = cos[stage, k]
+            s = sin[stage, k]
+            for b in range(batch):
+                xp = row_p[b]
+                xq = row_q[b]
+                row_p[b] = c * xp - s * xq
+                row_q[b] = s * xp + c * xq
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def _dot(a: np.ndarray, b: np.ndarray):
+    """``sum_i a_i b_i``, reassociated so that it vectorizes."""
+    acc = a.dtype.type(0)
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@numba.njit(cache=True)
+def _unrotate(
+    buf: np.ndarray, grad: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+    grad_angles: np.ndarray,
+) -> None:
+    """Backward through stages ``L-1 .. 0``, in place.
+
+    On entry ``buf`` holds the product's output and ``grad`` the loss gradient with respect to
+    it (both ``(n, batch)``); on exit ``buf`` holds the input, ``grad`` the gradient with
+    respect to the input, and the angle gradients are *added* to ``grad_angles`` ``(L, n/2)``
+    (callers that split the batch into chunks sum over the chunks).
+    """
+    n_stages, n = pairs.shape
+    batch = buf.shape[1]
+    for stage in range(n_stages - 1, -1, -1):
+        for k in range(n // 2):
+            p = pairs[stage, 2 * k]
+            q = pairs[stage, 2 * k + 1]
+            row_p, row_q, grad_p, grad_q = buf[p], buf[q], grad[p], grad[q]
+            grad_angles[stage, k] += _dot(grad_q, row_p) - _dot(grad_p, row_q)
+            c = cos[stage, k]
+            s = sin[stage, k]
+            # The transpose of a rotation is its inverse: one formula for inputs and gradients.
+            for b in range(batch):
+                yp = row_p[b]
+                yq = row_q[b]
+                row_p[b] = c * yp + s * yq
+                row_q[b] = c * yq - s * yp
+                gp = grad_p[b]
+                gq = grad_q[b]
+                grad_p[b] = c * gp + s * gq
+                grad_q[b] = c * gq - s * gp
+
+
+@numba.njit(cache=True)
+def _chunk(n: int, itemsize: int) -> int:
+    """Columns per chunk, so that the (n, chunk) buffers of a call stay in the L2 cache."""
+    return max(16, CHUNK_BYTES // (n * itemsize))
+
+
+@numba.njit(cache=True)
+def _product_forward(
+    x: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray
+) -> None:
+    """``out (batch, n)`` = ``x (batch, n)`` rotated, through (n, chunk) buffers."""
+    batch, n = x.shape
+    step = _chunk(n, x.itemsize)
+    for start in range(0, batch, step):
+        stop = min(start + step, batch)
+        buf = np.ascontiguousarray(x[start:stop].T)
+        _rotate(buf, pairs, cos, sin)
+        out[start:stop] = buf.T
+
+
+@numba.njit(cache=True)
+def _product_backward(
+    out: np.ndarray, grad_out: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+    grad_x: np.ndarray, grad_angles: np.ndarray,
+) -> None:
+    batch, n = out.shape
+    step = _chunk(2 * n, out.itemsize)
+    grad_angles[:] = 0
+    for start in range(0, batch, step):
+        stop = min(start + step, batch)
+        buf = np.ascontiguousarray(out[start:stop].T)
+        grad = np.ascontiguousarray(grad_out[start:stop].T)
+        _unrotate(buf, grad, pairs, cos, sin, grad_angles)
+        grad_x[start:stop] = grad.T
+
+
+@numba.njit(cache=True)
+def _dense_forward(
+    pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray, scale: np.ndarray,
+    rotated: np.ndarray, weight: np.ndarray,
+) -> None:
+    """``rotated (n, in)`` = ``(G_L ... G_1)[:, :in]``; ``weight (out, in)`` its scaled top."""
+    n, width = rotated.shape
+    step = _chunk(n, rotated.itemsize)
+    for start in range(0, width, step):
+        stop = min(start + step, width)
+        buf = np.zeros((n, stop - start), dtype=rotated.dtype)
+        for j in range(start, stop):
+            buf[j, j - start] = 1
+        _rotate(buf, pairs, cos, sin)
+        rotated[:, start:stop] = buf
+    for i in range(weight.shape[0]):
+        for j in range(width):
+            weight[i, j] = scale[i] * rotated[i, j]
+
+
+@numba.njit(cache=True)
+def _dense_backward(
+    rotated: np.ndarray, grad_weight: np.ndarray, pairs: np.ndarray, cos: np.ndarray,
+    sin: np.ndarray, scale: np.ndarray, grad_angles: np.ndarray, grad_scale: np.ndarray,
+) -> None:
+    n, width = rotated.shape
+    out_features = grad_weight.shape[0]
+    grad_scale[:] = 0
+    for i in range(out_features):
+        grad_scale[i] = _dot(grad_weight[i], rotated[i])
+    grad_angles[:] = 0
+    step = _chunk(2 * n, rotated.itemsize)
+    for start in range(0, width, step):
+        stop = min(start + step, width)
+        buf = np.ascontiguousarray(rotated[:, start:stop])
+        grad = np.zeros((n, stop - start), dtype=rotated.dtype)
+        for i in range(out_features):
+            for j in range(start, stop):
+                grad[i, j - start] = scale[i] * grad_weight[i, j]
+        _unrotate(buf, grad, pairs, cos, sin, grad_angles)
+
+
+# ---------------------------------------------------------------------------------------------
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (no copy), whatever its ``requires_grad``."""
+    return t.detach().numpy()
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """Whether the fused kernels handle these tensors (CPU, float32/float64, one dtype)."""
+    dtype = tensors[0].dtype
+    return dtype in SUPPORTED_DTYPES and all(
+        t.device.type == "cpu" and t.dtype == dtype for t in tensors
+    )
+
+
+def _cos_sin(angles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    # torch's vectorized cos/sin beat per-element libm calls inside the kernel, and computed
+    # once they serve the backward too.
+    angles = angles.detach()
+    return angles.cos(), angles.sin()
+
+
+class _GivensProduct(torch.autograd.Function):
+    """Fused ``givens_reference``: saves only the output and recovers stage inputs from it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        cos, sin = _cos_sin(angles)
+        out = torch.empty_like(x)
+        _product_forward(_np(x), _np(pairs), _np(cos), _np(sin), _np(out))
+        ctx.save_for_backward(x, pairs, angles, cos, sin, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, pairs, angles, cos, sin, out = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _reference_vjp(
+                lambda x_, a_: givens_reference(x_, pairs, a_), (x, angles), grad_out,
+                ctx.needs_input_grad[0], ctx.needs_input_grad[2], middle=1,
+            )
+        grad_x = torch.empty_like(out)
+        grad_angles = torch.empty_like(cos)
+        _product_backward(
+            _np(out), _np(grad_out.contiguous()), _np(pairs), _np(cos), _np(sin),
+            _np(grad_x), _np(grad_angles),
+        )
+        return (
+            grad_x if ctx.needs_input_grad[0] else None,
+            None,
+            grad_angles if ctx.needs_input_grad[2] else None,
+        )
+
+
+class _GivensDense(torch.autograd.Function):
+    """Fused KAMA weight build: one call forward, one call backward."""
+
+    @staticmethod
+    def forward(
+        ctx, pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
+        in_features: int, out_features: int,
+    ) -> torch.Tensor:
+        cos, sin = _cos_sin(angles)
+        scale = scale.contiguous()
+        rotated = scale.new_empty(pairs.shape[1], in_features)
+        weight = scale.new_empty(out_features, in_features)
+        _dense_forward(_np(pairs), _np(cos), _np(sin), _np(scale), _np(rotated), _np(weight))
+        ctx.save_for_backward(pairs, angles, scale, cos, sin, rotated)
+        ctx.sizes = (in_features, out_features)
+        return weight
+
+    @staticmethod
+    def backward(ctx, grad_weight: torch.Tensor):
+        pairs, angles, scale, cos, sin, rotated = ctx.saved_tensors
+        in_features, out_features = ctx.sizes
+        if torch.is_grad_enabled():
+            from rlstruct.kernels.dispatch import dense_by_product  # (imports this module)
+
+            grads = _reference_vjp(
+                lambda a_, s_: dense_by_product(
+                    givens_reference, pairs, a_, s_, in_features, out_features
+                ),
+                (angles, scale), grad_weight,
+                ctx.needs_input_grad[1], ctx.needs_input_grad[2], middle=None,
+            )
+            return (None, *grads, None, None)
+        grad_angles = torch.empty_like(cos)
+        grad_scale = torch.empty_like(scale)
+        _dense_backward(
+            _np(rotated), _np(grad_weight.contiguous()), _np(pairs), _np(cos), _np(sin),
+            _np(scale), _np(grad_angles), _np(grad_scale),
+        )
+        return (
+            None,
+            grad_angles if ctx.needs_input_grad[1] else None,
+            grad_scale if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+        )
+
+
+def _reference_vjp(fn, inputs: Tuple[torch.Tensor, torch.Tensor], grad_out: torch.Tensor,
+                   need_first: bool, need_second: bool, middle: Optional[int]):
+    """Vector-Jacobian product through the differentiable reference, for ``create_graph``.
+
+    ``inputs`` are the saved inputs, still attached to the caller's graph, so the returned
+    gradients are differentiable functions of them. ``middle`` inserts a ``None`` gradient at
+    that position (the ``pairs`` argument of the product).
+    """
+    wanted = [t for t, need in zip(inputs, (need_first, need_second)) if need]
+    with torch.enable_grad():
+        # Detached leaves would cut the graph; the saved tensors themselves keep it.
+        out = fn(*inputs)
+        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+    grads = [next(found) if need else None for need in (need_first, need_second)]
+    if middle is not None:
+        grads.insert(middle, None)
+    return tuple(grads)
+
+
+def givens_product_cpu(
+    x: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor
+) -> torch.Tensor:
+    """Fused ``givens_reference`` for CPU float32/float64 tensors; same shapes and gradients."""
+    return _GivensProduct.apply(x, pairs, angles)
+
+
+def givens_dense_cpu(
+    pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
+    in_features: int, out_features: int,
+) -> torch.Tensor:
+    """Fused KAMA weight ``W (out_features, in_features)``, differentiable in
+    ``angles (L, n/2)`` and ``scale (n,)``; ``pairs`` ``(L, n)``, ``in, out <= n``."""
+    return _GivensDense.apply(pairs, angles, scale, in_features, out_features)
