@@ -227,7 +227,7 @@ def test_ray_backend_gives_the_local_result(reference_run):
 )
 def test_bad_settings_raise_a_clear_error(override, message):
     with pytest.raises(RLStructError, match=message):
-        ESSettings.from_config({"name": "es", **override})
+        ESSettings.from_config({"algo": {"name": "es", **override}, "env": {}})
 
 
 def test_bad_backends_raise_a_clear_error():

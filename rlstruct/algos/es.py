@@ -76,7 +76,7 @@ class ESSettings:
     shaping: str = "centered_ranks"
     sampling: str = "orthogonal"
     iterations: Optional[int] = None
-    alive_bonus: Optional[float] = None
+    alive_bonus: float = 0.0
     max_episode_steps: Optional[int] = None
     backend: str = "local"
     n_workers: Optional[int] = None
@@ -84,10 +84,12 @@ class ESSettings:
     start_method: str = "spawn"
 
     @classmethod
-    def from_config(cls, algo_cfg: Dict[str, Any]) -> "ESSettings":
+    def from_config(cls, cfg: Dict[str, Any]) -> "ESSettings":
+        """Settings from a run config: ``algo`` overlaid by ``env.hyperparams.es`` (as for PPO)."""
+        algo_cfg = cfg["algo"]
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in algo_cfg.items() if k not in ("name", "kwargs")}
-        values.update(algo_cfg.get("kwargs") or {})
+        values = {k: v for k, v in algo_cfg.items() if k != "name"}
+        values.update((cfg.get("env", {}).get("hyperparams") or {}).get("es") or {})
         unknown = sorted(set(values) - known)
         if unknown:
             raise RLStructError(
@@ -115,6 +117,8 @@ class ESSettings:
                 f"ES top_b ({self.top_b}) exceeds directions ({self.directions}); lower top_b or "
                 "set it to null"
             )
+        if isinstance(self.alive_bonus, bool) or not isinstance(self.alive_bonus, (int, float)):
+            raise RLStructError(f"ES alive_bonus must be a number, got {self.alive_bonus!r}; fix algo.alive_bonus")
         if self.weight_decay < 0:
             raise RLStructError(f"ES weight_decay must be >= 0, got {self.weight_decay}")
         for name, value, choices in (
@@ -391,7 +395,7 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
     from rlstruct.io import atomic_write_json, load_sb3_model, save_pickle_atomic, save_sb3_model
 
     run_dir = Path(run_dir)
-    settings = ESSettings.from_config(cfg["algo"])
+    settings = ESSettings.from_config(cfg)
     env_cfg = cfg["env"]
     seed = int(cfg["seed"])
     total = int(cfg["total_timesteps"])
@@ -412,7 +416,6 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
         )
     actor = PolicyActor(model.policy)
     vecnorm = _normalizer_file(venv, env_cfg)
-    alive_bonus = settings.alive_bonus if settings.alive_bonus is not None else env_cfg.get("alive_bonus", 0.0)
     eval_cfg = cfg.get("eval") or {}
     ckpt_cfg = cfg.get("checkpoint") or {}
     eval_freq = int(eval_cfg.get("freq", 0) or 0)
@@ -433,7 +436,7 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
         settings.start_method,
     )
     with backend:
-        es = EvolutionStrategy(settings, actor, backend, seed, bool(env_cfg.get("normalize_obs")), alive_bonus)
+        es = EvolutionStrategy(settings, actor, backend, seed, bool(env_cfg.get("normalize_obs")), settings.alive_bonus)
         if checkpoint is not None:
             es.load_state_dict(model.es_state)
         print(
