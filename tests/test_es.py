@@ -185,9 +185,9 @@ def test_a_killed_worker_loses_no_directions(reference_run):
         def kill_busy_worker():
             deadline = time.time() + 10
             while time.time() < deadline:
-                busy = [w for w in backend._workers if w.task is not None]
+                busy = backend.busy_worker_pids()
                 if busy:
-                    os.kill(busy[0].process.pid, signal.SIGKILL)
+                    os.kill(busy[0], signal.SIGKILL)
                     return
                 time.sleep(0.0005)
 

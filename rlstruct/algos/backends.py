@@ -114,6 +114,10 @@ class LocalBackend(Backend):
     def worker_pids(self) -> List[int]:
         return [w.process.pid for w in self._workers if w.process.is_alive()]
 
+    def busy_worker_pids(self) -> List[int]:
+        """Process ids of the workers holding a task right now."""
+        return [w.process.pid for w in list(self._workers) if w.task is not None]
+
     def _replace(self, worker: _LocalWorker, pending: Deque[int], tasks: Sequence[RolloutTask]) -> None:
         lost = worker.task
         code = worker.process.exitcode
