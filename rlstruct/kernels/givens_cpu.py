@@ -117,6 +117,15 @@ def _chunk(n: int, itemsize: int) -> int:
 
 
 @numba.njit(cache=True)
+def _transposed_copy(rows: np.ndarray) -> np.ndarray:
+    """A fresh C-contiguous ``(n, batch)`` copy of ``rows (batch, n)``: kernels work in place,
+    and ``np.ascontiguousarray`` would return a view (of the caller's input) when batch is 1."""
+    buf = np.empty((rows.shape[1], rows.shape[0]), dtype=rows.dtype)
+    buf[:] = rows.T
+    return buf
+
+
+@numba.njit(cache=True)
 def _product_forward(
     x: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray
 ) -> None:
@@ -125,7 +134,7 @@ def _product_forward(
     step = _chunk(n, x.itemsize)
     for start in range(0, batch, step):
         stop = min(start + step, batch)
-        buf = np.ascontiguousarray(x[start:stop].T)
+        buf = _transposed_copy(x[start:stop])
         _rotate(buf, pairs, cos, sin)
         out[start:stop] = buf.T
 
@@ -140,8 +149,8 @@ def _product_backward(
     grad_angles[:] = 0
     for start in range(0, batch, step):
         stop = min(start + step, batch)
-        buf = np.ascontiguousarray(out[start:stop].T)
-        grad = np.ascontiguousarray(grad_out[start:stop].T)
+        buf = _transposed_copy(out[start:stop])
+        grad = _transposed_copy(grad_out[start:stop])
         _unrotate(buf, grad, pairs, cos, sin, grad_angles)
         grad_x[start:stop] = grad.T
 
@@ -180,7 +189,7 @@ def _dense_backward(
     step = _chunk(2 * n, rotated.itemsize)
     for start in range(0, width, step):
         stop = min(start + step, width)
-        buf = np.ascontiguousarray(rotated[:, start:stop])
+        buf = rotated[:, start:stop].copy()  # the saved output stays intact for a 2nd backward
         grad = np.zeros((n, stop - start), dtype=rotated.dtype)
         for i in range(out_features):
             for j in range(start, stop):
