@@ -8,11 +8,9 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import tiny_config
 from rlstruct.algos.backends import LocalBackend, check_ray_address, make_backend

@@ -383,16 +383,43 @@ def _open_run(run_dir: Path, cfg: Dict[str, Any]):
     return checkpoint
 
 
+def _make_model(cfg: Dict[str, Any], venv, checkpoint):
+    """The PPO model that carries the ES policy: fresh, or the checkpoint's."""
+    from stable_baselines3 import PPO
+
+    from rlstruct import runner as rn
+    from rlstruct.io import load_sb3_model
+
+    if checkpoint is not None:
+        return load_sb3_model(PPO, checkpoint.folder / rn.MODEL_FILE, env=venv, device="cpu")
+    rn.algo_class("ppo")  # registers "StructuredMlpPolicy"
+    return PPO(
+        "StructuredMlpPolicy",
+        venv,
+        policy_kwargs=rn.policy_kwargs_from_config(cfg["policy"]),
+        seed=int(cfg["seed"]),
+        device="cpu",
+        verbose=0,
+    )
+
+
+def _record_iteration(logger, es: EvolutionStrategy, info: Dict[str, float], seconds: float) -> None:
+    for key in ("mean_return", "max_return", "mean_train_return", "grad_norm", "step_norm", "theta_norm"):
+        logger.record(f"es/{key}", info[key])
+    logger.record("es/episodes", es.episodes)
+    logger.record("es/iteration", es.iteration)
+    logger.record("time/steps_per_s", info["iteration_steps"] / max(seconds, 1e-9))
+
+
 def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) -> Dict[str, Any]:
     """Train (or resume) an ES run in ``run_dir``; returns ``metrics.json`` (see the module doc).
 
     ``command`` (the command line that started the run) is recorded in ``metrics.json``.
     """
-    from stable_baselines3 import PPO
     from stable_baselines3.common.logger import configure
 
     from rlstruct import runner as rn
-    from rlstruct.io import atomic_write_json, load_sb3_model, save_pickle_atomic, save_sb3_model
+    from rlstruct.io import atomic_write_json, save_pickle_atomic, save_sb3_model
 
     run_dir = Path(run_dir)
     settings = ESSettings.from_config(cfg)
@@ -402,18 +429,7 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
     checkpoint = _open_run(run_dir, cfg)
 
     venv = rn.make_vec_env(env_cfg, 1, seed)
-    if checkpoint is not None:
-        model = load_sb3_model(PPO, checkpoint.folder / rn.MODEL_FILE, env=venv, device="cpu")
-    else:
-        rn.algo_class("ppo")  # registers "StructuredMlpPolicy"
-        model = PPO(
-            "StructuredMlpPolicy",
-            venv,
-            policy_kwargs=rn.policy_kwargs_from_config(cfg["policy"]),
-            seed=seed,
-            device="cpu",
-            verbose=0,
-        )
+    model = _make_model(cfg, venv, checkpoint)
     actor = PolicyActor(model.policy)
     vecnorm = _normalizer_file(venv, env_cfg)
     eval_cfg = cfg.get("eval") or {}
@@ -460,11 +476,7 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
         while es.steps < total and (settings.iterations is None or es.iteration < settings.iterations):
             tick = time.perf_counter()
             info = es.step()
-            for key in ("mean_return", "max_return", "mean_train_return", "grad_norm", "step_norm", "theta_norm"):
-                logger.record(f"es/{key}", info[key])
-            logger.record("es/episodes", es.episodes)
-            logger.record("es/iteration", es.iteration)
-            logger.record("time/steps_per_s", info["iteration_steps"] / max(time.perf_counter() - tick, 1e-9))
+            _record_iteration(logger, es, info, time.perf_counter() - tick)
             if next_eval is not None and es.steps >= next_eval:
                 next_eval = (es.steps // eval_freq + 1) * eval_freq
                 rewards = es.evaluate(eval_env, int(eval_cfg.get("episodes", 5)), seed + _EVAL_SEED_OFFSET)
