@@ -1,0 +1,169 @@
+"""projUNN optimizers: orthogonality kept, loss decreases, rank-N equals the full step, plain
+params get Adam/SGD exactly, bad options raise, and an SB3 policy trains with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlstruct.errors import RLStructError
+from rlstruct.optim import OPTIMIZERS, ProjUNND, ProjUNNT, get_optimizer, mark_orthogonal
+from rlstruct.optim.projunn import ORTHOGONAL_ATTR, polar, skew
+
+METHODS = [ProjUNND, ProjUNNT]
+
+
+def _orthogonality_error(w: torch.Tensor) -> float:
+    eye = torch.eye(w.shape[0], dtype=w.dtype)
+    return (w.t() @ w - eye).abs().max().item()
+
+
+def _regression(n: int, dtype: torch.dtype, seed: int):
+    """Start W0, a same-component orthogonal target Q and data (X, Y = Q X)."""
+    g = torch.Generator().manual_seed(seed)
+    w0, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=dtype))
+    # Target reachable from W0 along the group: W0 expm(skew), same determinant sign.
+    target = w0 @ torch.linalg.matrix_exp(skew(torch.randn(n, n, generator=g, dtype=dtype)))
+    x = torch.randn(n, 4 * n, generator=g, dtype=dtype)
+    return w0, target, x, target @ x
+
+
+def _loss(w, x, y):
+    return 0.5 * ((w @ x - y) ** 2).sum() / x.shape[1]
+
+
+@pytest.mark.parametrize("opt_class", METHODS)
+def test_stays_orthogonal_float32_1000_steps(opt_class):
+    w0, _, x, y = _regression(24, torch.float32, seed=0)
+    w = torch.nn.Parameter(w0.clone())
+    opt = opt_class([w], lr=0.05, rank=3)
+    for _ in range(1000):
+        opt.zero_grad()
+        _loss(w, x, y).backward()
+        opt.step()
+    assert _orthogonality_error(w.detach()) < 1e-5
+
+
+@pytest.mark.parametrize("opt_class", METHODS)
+@pytest.mark.parametrize("rank, lowrank", [(1, "svd"), (4, "svd"), (4, "randomized")])
+def test_loss_decreases_on_orthogonal_regression(opt_class, rank, lowrank):
+    w0, target, x, y = _regression(16, torch.float64, seed=1)
+    w = torch.nn.Parameter(w0.clone())
+    opt = opt_class([w], lr=0.2, rank=rank, lowrank=lowrank)
+    first = _loss(w, x, y).item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = _loss(w, x, y)
+        loss.backward()
+        opt.step()
+    assert _loss(w, x, y).item() < 0.1 * first
+    assert _orthogonality_error(w.detach()) < 1e-12
+
+
+@pytest.mark.parametrize("lowrank", ["svd", "randomized"])
+def test_full_rank_matches_full_projected_step(lowrank):
+    n = 10
+    w0, _, x, y = _regression(n, torch.float64, seed=2)
+    lr = 0.3
+    w = torch.nn.Parameter(w0.clone())
+    _loss(w, x, y).backward()
+    grad = w.grad.clone()
+    expected = {
+        ProjUNND: polar(w0 - lr * grad),
+        ProjUNNT: w0 @ torch.linalg.matrix_exp(-lr * 0.5 * (w0.t() @ grad - grad.t() @ w0)),
+    }
+    for opt_class, want in expected.items():
+        p = torch.nn.Parameter(w0.clone())
+        p.grad = grad.clone()
+        opt_class([p], lr=lr, rank=n, lowrank=lowrank).step()
+        assert torch.allclose(p.detach(), want, atol=1e-12)
+    # A rank below N really truncates: the step differs from the full one.
+    p = torch.nn.Parameter(w0.clone())
+    p.grad = grad.clone()
+    ProjUNND([p], lr=lr, rank=1).step()
+    assert (p.detach() - expected[ProjUNND]).abs().max() > 1e-3
+
+
+def _plain_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
+                               torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("opt_class", METHODS)
+@pytest.mark.parametrize(
+    "base, kwargs, reference",
+    [
+        ("adam", dict(betas=(0.8, 0.99), weight_decay=0.01), torch.optim.Adam),
+        ("sgd", dict(momentum=0.9, weight_decay=0.01), torch.optim.SGD),
+    ],
+)
+def test_plain_params_get_plain_update(opt_class, base, kwargs, reference):
+    ours, theirs = _plain_model(3), _plain_model(3)
+    # The 8x8 middle weight is square: tag it plain so every parameter takes the base update.
+    mark_orthogonal(ours[2].weight, False)
+    opt_ours = opt_class(ours.parameters(), lr=0.01, rank=2, base=base, **kwargs)
+    opt_theirs = reference(theirs.parameters(), lr=0.01, **kwargs)
+    data = torch.randn(16, 5, generator=torch.Generator().manual_seed(4))
+    for _ in range(5):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            model(data).pow(2).sum().backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_orthogonal_detection_modes():
+    model = _plain_model(5)
+    square = model[2].weight
+    # auto: untagged square weights are orthogonal after one step (the first step projects them).
+    opt = ProjUNND(model.parameters(), lr=1e-3, rank=2)
+    model(torch.randn(4, 5)).sum().backward()
+    opt.step()
+    assert _orthogonality_error(square.detach()) < 1e-5
+    assert _orthogonality_error(model[0].weight.detach()[:5]) > 1e-2  # 8x5 stays free
+    # tagged: only tagged parameters are orthogonal.
+    other = _plain_model(5)
+    before = other[2].weight.detach().clone()
+    opt = ProjUNNT(other.parameters(), lr=1e-3, rank=2, orthogonal="tagged")
+    other(torch.randn(4, 5)).sum().backward()
+    opt.step()
+    assert _orthogonality_error(other[2].weight.detach()) > 1e-2
+    assert not torch.equal(other[2].weight.detach(), before)
+    assert getattr(mark_orthogonal(torch.nn.Parameter(torch.eye(3))), ORTHOGONAL_ATTR) is True
+
+
+@pytest.mark.parametrize("rank", [0, -1, 1.5, "2", True, 9])
+def test_bad_rank_raises(rank):
+    with pytest.raises(RLStructError, match="rank"):
+        ProjUNND([torch.nn.Parameter(torch.eye(8))], lr=0.1, rank=rank)
+
+
+def test_bad_options_raise():
+    w = torch.nn.Parameter(torch.eye(4))
+    with pytest.raises(RLStructError, match="orthogonal"):
+        ProjUNNT([w], rank=1, orthogonal="yes")
+    with pytest.raises(RLStructError, match="base"):
+        ProjUNNT([w], rank=1, base="rmsprop")
+    with pytest.raises(RLStructError, match="lowrank"):
+        ProjUNNT([w], rank=1, lowrank="lsi")
+    with pytest.raises(RLStructError, match="square"):
+        ProjUNND([torch.nn.Parameter(torch.ones(3, 4))], rank=1, orthogonal=True)
+    with pytest.raises(RLStructError, match="projunn_d"):
+        get_optimizer("projunn")
+    assert get_optimizer("ProjUNN_T") is ProjUNNT and set(OPTIMIZERS) >= {"projunn_d", "adam"}
+
+
+def test_sb3_policy_trains_with_projunn():
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import PPO
+
+    model = PPO(
+        "MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=1, seed=0, device="cpu",
+        policy_kwargs=dict(optimizer_class=get_optimizer("projunn_d"), optimizer_kwargs=dict(rank=8)),
+    )
+    model.learn(128)
+    hidden = model.policy.mlp_extractor.policy_net[2].weight.detach()  # 64 x 64
+    assert hidden.shape == (64, 64) and _orthogonality_error(hidden) < 1e-5
+    assert isinstance(model.policy.optimizer, ProjUNND)
