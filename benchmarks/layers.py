@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
                     seconds, calls = timing[kind]
                     row[f"{kind}_us"] = round(seconds * 1e6, 1)
                     row[f"linear_{kind}_us"] = round(base[kind][0] * 1e6, 1)
-                    row[f"{kind}_ratio"] = round(seconds / base[kind][0], 3)
+                    row[f"{kind}_ratio"] = float(f"{seconds / base[kind][0]:.3g}")
                     once |= calls == 1 or base[kind][1] == 1
                 row["timed_once"] = once
                 rows.append(row)
@@ -111,11 +111,15 @@ def run(args: argparse.Namespace) -> List[Dict[str, object]]:
     return rows
 
 
+def format_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"  # keep 2 digits when tiny
+
+
 def format_row(row: Dict[str, object]) -> str:
-    ratios = " | ".join(f"{row[f'{k}_ratio']:.2f}x" for k in KINDS)
+    ratios = " | ".join(format_ratio(float(row[f"{k}_ratio"])) for k in KINDS)
     flag = " (timed once)" if row["timed_once"] else ""
     return (f"| {row['family']} | {row['width']} | {row['batch']} | {row['path']} | "
-            f"{row['params']} | {ratios} | {row['linear_fwd+bwd_us']:.0f}{flag} |")
+            f"{row['params']} | {ratios} | {float(row['linear_fwd+bwd_us']):.0f}{flag} |")
 
 
 def write(rows: List[Dict[str, object]], out: Path, command: str) -> None:
@@ -133,7 +137,9 @@ def write(rows: List[Dict[str, object]], out: Path, command: str) -> None:
         "(< 1: faster than dense). `fwd`: forward with gradients on; `fwd+bwd`: forward and "
         "backward; `infer`: forward under no_grad (dense-path layers reuse their cached W). "
         "`path`: dense = build W then matmul, fast = structured transform. Square layers "
-        "width x width; last column: nn.Linear fwd+bwd time in microseconds.",
+        "width x width; last column: nn.Linear fwd+bwd time in microseconds. The `dense` rows "
+        "are a control (the same computation as nn.Linear): their distance from 1.00x is the "
+        "timing noise of the run.",
         "",
         "| family | width | batch | path | params | fwd | fwd+bwd | infer | linear fwd+bwd us |",
         "|---|---|---|---|---|---|---|---|---|",

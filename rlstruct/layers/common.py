@@ -9,9 +9,10 @@ Every zoo family has the same two modes:
   ``(out_features,)`` and the bias are then the only trainable parameters. This is the
   random-feature setting of the structured-spinner and KAMA papers.
 
-A family implements :meth:`ZooLinear._draw` (the structured tensors, from a generator),
-:meth:`ZooLinear._dense` (the unscaled weight) and :meth:`ZooLinear._transform` (the unscaled fast
-transform); this class adds the scale, the seeding and the parameter/buffer split.
+A family implements :meth:`ZooLinear._draw` (the structured tensors, from a generator) and
+:meth:`ZooLinear._transform` (the unscaled fast transform), and overrides
+:meth:`ZooLinear._dense` (the unscaled weight) where a direct formula beats transforming the
+identity; this class adds the scale, the seeding and the parameter/buffer split.
 """
 
 from __future__ import annotations
@@ -105,8 +106,13 @@ class ZooLinear(StructuredLinear):
         raise NotImplementedError
 
     def _dense(self) -> torch.Tensor:
-        """The unscaled weight, ``(out_features, in_features)``."""
-        raise NotImplementedError
+        """The unscaled weight, ``(out_features, in_features)``.
+
+        The default runs the family's transform on the identity, which is the cheapest build
+        for product structures (spinners, butterflies); families with a direct formula
+        override it.
+        """
+        return self._transform(identity_like(self)).t()
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         """The unscaled fast transform, ``(batch, in_features) -> (batch, out_features)``."""
@@ -132,7 +138,6 @@ class ZooLinear(StructuredLinear):
                 self.scale.fill_(gain)
         else:
             self._init_like_orthogonal_learned(gain)
-        self._cached_weight = None
 
     def to_dense(self) -> torch.Tensor:
         w = self._dense()

@@ -25,7 +25,6 @@ import torch
 from rlstruct.layers.common import (
     ZooLinear,
     check_positive,
-    identity_like,
     next_pow2,
     pad_columns,
 )
@@ -109,9 +108,6 @@ class KaleidoscopeLinear(ZooLinear):
         for stage, stride in enumerate(self.strides):
             y = butterfly_stage(y, planes[4 * stage : 4 * stage + 4], stride)
         return y[:, : self.out_features]
-
-    def _dense(self) -> torch.Tensor:
-        return self._transform(identity_like(self)).t()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, n={self.n}, n_blocks={self.n_blocks}"

@@ -23,11 +23,9 @@ is reached with ``r = 2``. Parameters ``2 r n``.
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional
 
 import torch
-from torch import nn
 
 from rlstruct.layers.common import (
     ZooLinear,

@@ -14,7 +14,7 @@ from rlstruct.layers.registry import register
 
 @register("lowrank")
 class LowRankLinear(ZooLinear):
-    """``W = U V^T`` with ``U`` ``(out, r)`` and ``V`` ``(in, r)``; ``r`` may exceed ``min(in, out)``.
+    """``W = U V^T``, ``U`` ``(out, r)``, ``V`` ``(in, r)``; ``r`` may exceed ``min(in, out)``.
 
     Parameters (learned): ``r * (in + out)`` (+ ``out`` bias). Cost: ``O(r (in + out))`` per
     sample on the structured path (two thin matmuls), ``O(in * out * r)`` to build ``W``.

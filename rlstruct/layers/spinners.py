@@ -24,7 +24,7 @@ from typing import Dict, Optional
 
 import torch
 
-from rlstruct.layers.common import ZooLinear, identity_like, next_pow2, pad_columns, rademacher
+from rlstruct.layers.common import ZooLinear, next_pow2, pad_columns, rademacher
 from rlstruct.layers.hadamard import hadamard_transform
 from rlstruct.layers.ldr import linear_convolution
 from rlstruct.layers.registry import register
@@ -50,9 +50,6 @@ class SpinnerLinear(ZooLinear):
 
     def _working_size(self) -> int:
         return next_pow2(max(self.in_features, self.out_features))
-
-    def _dense(self) -> torch.Tensor:
-        return self._transform(identity_like(self)).t()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, n={self.n}"
