@@ -200,11 +200,16 @@ def test_a_killed_worker_loses_no_directions(reference_run):
     assert np.array_equal(es.obs_stats.mean, obs_mean)
 
 
-def test_ray_backend_gives_the_local_result(reference_run):
+def test_ray_backend_gives_the_local_result_even_when_an_actor_dies(reference_run):
     pytest.importorskip("ray")
     theta, _, steps = reference_run
     with make_backend("ray", env_spec_from_config(CARTPOLE, ESSettings()), 2) as backend:
-        es = _run(backend)
+        es = _es(backend)
+        es.step()
+        os.kill(backend.worker_pids()[0], signal.SIGKILL)
+        with pytest.warns(RuntimeWarning, match="died"):
+            es.step()
+        es.step()
     assert es.steps == steps
     assert np.array_equal(es.theta, theta)
 
