@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from rlstruct.random_features import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlstruct.random_features import (  # noqa: E402
     FEATURES,
     PROJECTIONS,
     draw_projection,
