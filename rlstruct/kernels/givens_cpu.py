@@ -198,9 +198,13 @@ def _dense_backward(
 
 
 # ---------------------------------------------------------------------------------------------
+# Wrappers. At RL widths a call costs about as much in tensor <-> NumPy conversions (~1 us
+# each) as in arithmetic, so they convert each tensor once, keep what the backward needs as
+# NumPy arrays on ``ctx``, and take cos/sin from NumPy's vectorized ufuncs (scalar libm calls
+# inside the kernel cost more than the rotations at width 64).
 def _np(t: torch.Tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor (no copy), whatever its ``requires_grad``."""
-    return t.detach().numpy()
+    """A C-contiguous NumPy view of a CPU tensor (a copy only if it is not contiguous)."""
+    return np.ascontiguousarray(t.detach().numpy())
 
 
 def supports(*tensors: torch.Tensor) -> bool:
@@ -211,43 +215,37 @@ def supports(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _cos_sin(angles: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    # torch's vectorized cos/sin beat per-element libm calls inside the kernel, and computed
-    # once they serve the backward too.
-    angles = angles.detach()
-    return angles.cos(), angles.sin()
-
-
 class _GivensProduct(torch.autograd.Function):
     """Fused ``givens_reference``: saves only the output and recovers stage inputs from it."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        cos, sin = _cos_sin(angles)
-        out = torch.empty_like(x)
-        _product_forward(_np(x), _np(pairs), _np(cos), _np(sin), _np(out))
-        ctx.save_for_backward(x, pairs, angles, cos, sin, out)
+        angles_np = _np(angles)
+        cos, sin = np.cos(angles_np), np.sin(angles_np)
+        pairs_np = _np(pairs)
+        out = torch.empty(x.shape, dtype=x.dtype)
+        _product_forward(_np(x), pairs_np, cos, sin, out.numpy())
+        # `out` goes through save_for_backward: its version counter catches in-place edits.
+        ctx.save_for_backward(x, pairs, angles, out)
+        ctx.arrays = (pairs_np, cos, sin)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, pairs, angles, cos, sin, out = ctx.saved_tensors
+        x, pairs, angles, out = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _reference_vjp(
                 lambda x_, a_: givens_reference(x_, pairs, a_), (x, angles), grad_out,
                 ctx.needs_input_grad[0], ctx.needs_input_grad[2], middle=1,
             )
-        grad_x = torch.empty_like(out)
-        grad_angles = torch.empty_like(cos)
-        _product_backward(
-            _np(out), _np(grad_out.contiguous()), _np(pairs), _np(cos), _np(sin),
-            _np(grad_x), _np(grad_angles),
-        )
+        pairs_np, cos, sin = ctx.arrays
+        grad_x = np.empty(out.shape, dtype=cos.dtype)
+        grad_angles = np.empty_like(cos)
+        _product_backward(_np(out), _np(grad_out), pairs_np, cos, sin, grad_x, grad_angles)
         return (
-            grad_x if ctx.needs_input_grad[0] else None,
+            torch.from_numpy(grad_x) if ctx.needs_input_grad[0] else None,
             None,
-            grad_angles if ctx.needs_input_grad[2] else None,
+            torch.from_numpy(grad_angles) if ctx.needs_input_grad[2] else None,
         )
 
 
@@ -259,40 +257,40 @@ class _GivensDense(torch.autograd.Function):
         ctx, pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
         in_features: int, out_features: int,
     ) -> torch.Tensor:
-        cos, sin = _cos_sin(angles)
-        scale = scale.contiguous()
-        rotated = scale.new_empty(pairs.shape[1], in_features)
-        weight = scale.new_empty(out_features, in_features)
-        _dense_forward(_np(pairs), _np(cos), _np(sin), _np(scale), _np(rotated), _np(weight))
-        ctx.save_for_backward(pairs, angles, scale, cos, sin, rotated)
+        angles_np = _np(angles)
+        cos, sin = np.cos(angles_np), np.sin(angles_np)
+        pairs_np = _np(pairs)
+        scale_np = _np(scale).copy()  # an optimizer step before backward must not change it
+        rotated = np.empty((pairs_np.shape[1], in_features), dtype=cos.dtype)
+        weight = torch.empty((out_features, in_features), dtype=scale.dtype)
+        _dense_forward(pairs_np, cos, sin, scale_np, rotated, weight.numpy())
+        ctx.save_for_backward(pairs, angles, scale)  # for the double-backward path only
+        ctx.arrays = (pairs_np, cos, sin, scale_np, rotated)
         ctx.sizes = (in_features, out_features)
         return weight
 
     @staticmethod
     def backward(ctx, grad_weight: torch.Tensor):
-        pairs, angles, scale, cos, sin, rotated = ctx.saved_tensors
-        in_features, out_features = ctx.sizes
         if torch.is_grad_enabled():
             from rlstruct.kernels.dispatch import dense_by_product  # (imports this module)
 
+            pairs, angles, scale = ctx.saved_tensors
             grads = _reference_vjp(
-                lambda a_, s_: dense_by_product(
-                    givens_reference, pairs, a_, s_, in_features, out_features
-                ),
+                lambda a_, s_: dense_by_product(givens_reference, pairs, a_, s_, *ctx.sizes),
                 (angles, scale), grad_weight,
                 ctx.needs_input_grad[1], ctx.needs_input_grad[2], middle=None,
             )
             return (None, *grads, None, None)
-        grad_angles = torch.empty_like(cos)
-        grad_scale = torch.empty_like(scale)
+        pairs_np, cos, sin, scale_np, rotated = ctx.arrays
+        grad_angles = np.empty_like(cos)
+        grad_scale = np.empty_like(scale_np)
         _dense_backward(
-            _np(rotated), _np(grad_weight.contiguous()), _np(pairs), _np(cos), _np(sin),
-            _np(scale), _np(grad_angles), _np(grad_scale),
+            rotated, _np(grad_weight), pairs_np, cos, sin, scale_np, grad_angles, grad_scale
         )
         return (
             None,
-            grad_angles if ctx.needs_input_grad[1] else None,
-            grad_scale if ctx.needs_input_grad[2] else None,
+            torch.from_numpy(grad_angles) if ctx.needs_input_grad[1] else None,
+            torch.from_numpy(grad_scale) if ctx.needs_input_grad[2] else None,
             None,
             None,
         )
