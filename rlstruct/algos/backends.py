@@ -14,6 +14,7 @@ by the task), so they do not depend on the backend or the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import socket
@@ -23,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
 
 from rlstruct.algos.rollout import EnvSpec, RolloutResult, RolloutTask, run_task
 from rlstruct.errors import RLStructError
@@ -90,11 +91,30 @@ def _worker_main(conn, env_spec: EnvSpec) -> None:
     env.close()
 
 
+@contextlib.contextmanager
+def _global_start_method(method: str) -> Iterator[None]:
+    """Make ``method`` the global start method while workers start.
+
+    A spawned child re-applies its parent's *global* start method. Inside a joblib/loky worker
+    (Hydra's joblib launcher) that is ``"loky"``, which a plain child cannot resolve and dies.
+    """
+    previous = mp.get_start_method(allow_none=True)
+    if previous == method:
+        yield
+        return
+    mp.set_start_method(method, force=True)
+    try:
+        yield
+    finally:
+        mp.set_start_method(previous, force=True)
+
+
 class _LocalWorker:
     def __init__(self, ctx, env_spec: EnvSpec) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, args=(child, env_spec), daemon=True)
-        self.process.start()
+        with _global_start_method(ctx.get_start_method()):
+            self.process.start()
         child.close()
         self.task: Optional[int] = None  # index into the current map's tasks
 
