@@ -90,10 +90,13 @@ def cost_rows(dims, ratios, batch, reps):
         for ratio in ratios:
             m = ratio * d
             for kind in PROJECTIONS:
-                proj = draw_projection(kind, d, m, dtype=torch.float32)
+                def draw():
+                    return draw_projection(kind, d, m, dtype=torch.float32)
+
+                proj = draw()
                 rows.append(dict(
                     d=d, m=m, projection=kind,
-                    draw_us=1e6 * _median_time(lambda: draw_projection(kind, d, m, dtype=torch.float32), reps),
+                    draw_us=1e6 * _median_time(draw, reps),
                     apply_us=1e6 * _median_time(lambda: proj(x), reps),
                     stored=proj.stored_numbers(),
                 ))
@@ -158,7 +161,8 @@ def write_outputs(acc, cost, out: Path, command: str) -> None:
     for r in cost:
         b = base[(r["d"], r["m"])]
         lines.append(
-            f"| {r['d']} | {r['m']} | {r['projection']} | {r['draw_us']:.0f} ({r['draw_us'] / b['draw_us']:.2f}) | "
+            f"| {r['d']} | {r['m']} | {r['projection']} | "
+            f"{r['draw_us']:.0f} ({r['draw_us'] / b['draw_us']:.2f}) | "
             f"{r['apply_us']:.0f} ({r['apply_us'] / b['apply_us']:.2f}) | "
             f"{r['stored']} ({r['stored'] / b['stored']:.3f}) |")
     (out / "png_kernels.md").write_text("\n".join(lines) + "\n")

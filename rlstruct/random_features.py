@@ -246,7 +246,9 @@ def exact_kernel(x: torch.Tensor, y: torch.Tensor, feature: str) -> torch.Tensor
     return nx * ny * (torch.sin(theta) + (math.pi - theta) * torch.cos(theta)) / (2 * math.pi)
 
 
-def unit_pair(dim: int, angle: float, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_pair(
+    dim: int, angle: float, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Two unit vectors in ``R^dim`` at ``angle`` radians, each ``(1, dim)``, spread over all
     coordinates (a coordinate-aligned pair would flatter the structured projections)."""
     if dim < 2:
