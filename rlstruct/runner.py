@@ -134,6 +134,16 @@ def policy_kwargs_from_config(policy_cfg: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
+def optimizer_policy_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``optimizer_class``/``optimizer_kwargs`` for the policy from ``optimizer`` in the config."""
+    name = cfg.get("optimizer")
+    if not name:
+        return {}
+    from rlstruct.optim import get_optimizer
+
+    return dict(optimizer_class=get_optimizer(name), optimizer_kwargs=dict(cfg.get("optimizer_kwargs") or {}))
+
+
 def algo_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The algorithm's constructor kwargs: ``algo.kwargs`` overlaid by the env's own settings."""
     algo = cfg["algo"]["name"]
@@ -347,6 +357,10 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
         from rlstruct.algos.es import train_es  # ES has its own loop, same run layout
 
         return train_es(cfg, run_dir, command=command)
+    if algo_name == "distill":
+        from rlstruct.algos.distill import train_distill  # fits a student to a saved teacher
+
+        return train_distill(cfg, run_dir, command=command)
     cls = algo_class(algo_name)
     resume = bool(cfg.get("resume", False))
     checkpoint = latest_checkpoint(run_dir)
@@ -382,7 +396,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
         model = cls(
             "StructuredMlpPolicy",
             venv,
-            policy_kwargs=policy_kwargs_from_config(cfg["policy"]),
+            policy_kwargs={**policy_kwargs_from_config(cfg["policy"]), **optimizer_policy_kwargs(cfg)},
             seed=seed,
             device=cfg.get("device", "cpu"),
             verbose=0,

@@ -162,3 +162,37 @@ def test_evaluate_checkpoint_from_another_structure(trained_run, tmp_path):
                 policy_kwargs=policy_kwargs_from_config(cfg["policy"]))
     with pytest.raises(RLStructError, match="another structure or shape"):
         load_policy_weights(other, copy / "model.zip")
+
+
+def test_multirun_sweep_with_joblib(tmp_path):
+    proc = run_cli(
+        "train.py", "-m", "env=cartpole", "policy=dense,toeplitz", "total_timesteps=256",
+        "progress_bar=false", "eval.freq=0", "eval.final_episodes=1", "checkpoint.freq=0",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"out_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.name for p in tmp_path.rglob("metrics.json"))
+    assert runs == ["cartpole-ppo-dense-h64-64-s0", "cartpole-ppo-toeplitz-h64-64-s0"]
+
+
+def test_projunn_optimizer_from_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import tiny_config
+    from rlstruct.optim import ProjUNND
+    from rlstruct.runner import train
+
+    cfg = tiny_config(tmp_path, policy="dense", total_timesteps=256, progress_bar=False,
+                      optimizer="projunn_d", **{"eval.freq": 0, "eval.final_episodes": 1, "checkpoint.freq": 0,
+                                                "+optimizer_kwargs.rank": 4})
+    metrics = train(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True), tmp_path / "run")
+    assert metrics["status"] == "finished"
+    from stable_baselines3 import PPO
+
+    model = PPO.load(tmp_path / "run" / "model.zip")
+    assert isinstance(model.policy.optimizer, ProjUNND)
+
+
+def test_unknown_optimizer(tmp_path):
+    proc = run_cli("train.py", *FAST, "total_timesteps=100", f"out_dir={tmp_path}", "optimizer=adamw2")
+    one_line_error(proc, "unknown optimizer 'adamw2'")
