@@ -198,15 +198,7 @@ def test_bad_options_raise(name, kwargs):
         make_layer(name, 4, 4, **kwargs)
 
 
-WIDTH_CHECK_MISSING = pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="DenseLinear.forward overrides the base forward and skips its input-width check",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(f, marks=WIDTH_CHECK_MISSING) if f == "dense" else f for f in FAMILIES]
-)
+@pytest.mark.parametrize("name", FAMILIES)
 def test_bad_sizes_and_inputs_raise(name):
     with pytest.raises(RLStructError):
         make_layer(name, 0, 4)

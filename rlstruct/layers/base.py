@@ -46,8 +46,10 @@ class StructuredLinear(nn.Module):
 
     #: registry name of the family, set by :func:`rlstruct.layers.registry.register`.
     structure: str = "structured"
-    #: default switch-over width from the dense path to the structured path.
+    #: default switch-over width from the dense path to the structured path (training).
     default_dense_threshold: int = 1 << 30
+    #: without gradients, widths up to this reuse the cached dense W (built once per update).
+    inference_dense_threshold: int = 2048
 
     def __init__(
         self,
@@ -136,19 +138,23 @@ class StructuredLinear(nn.Module):
             self._cache_key = key
         return self._cached_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Shape: ``(..., in_features) -> (..., out_features)``."""
+    def check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:
             raise RLStructError(
                 f"{type(self).__name__} expects inputs with last dimension {self.in_features}, "
                 f"got shape {tuple(x.shape)}"
             )
-        if self.uses_dense_path():
-            if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-                weight = self.to_dense()
-            else:
-                weight = self._weight_for_inference()
-            return F.linear(x, weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Shape: ``(..., in_features) -> (..., out_features)``."""
+        self.check_input(x)
+        training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        width = max(self.in_features, self.out_features)
+        if not training and width <= self.inference_dense_threshold:
+            # Rollouts: the cached W makes a forward cost what nn.Linear costs.
+            return F.linear(x, self._weight_for_inference(), self.bias)
+        if training and self.uses_dense_path():
+            return F.linear(x, self.to_dense(), self.bias)
         lead = x.shape[:-1]
         y = self.apply_structured(x.reshape(-1, self.in_features))
         y = y.reshape(*lead, self.out_features)

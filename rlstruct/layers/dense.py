@@ -43,4 +43,6 @@ class DenseLinear(StructuredLinear):
         return self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The weight is stored as is: skip the base class's build/cache logic.
+        self.check_input(x)
         return nn.functional.linear(x, self.weight, self.bias)

@@ -19,8 +19,10 @@ import torch
 from rlstruct.layers.common import ZooLinear
 from rlstruct.layers.registry import register
 
-#: name of the orthogonal parameter (what projUNN optimizers look for).
+#: name of the orthogonal parameter.
 ORTHOGONAL_PARAMETER = "weight_orth"
+#: attribute set to True on parameters that must stay orthogonal (read by rlstruct.optim).
+ORTHOGONAL_ATTR = "_rlstruct_orthogonal"
 
 
 def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -55,6 +57,8 @@ class OrthogonalLinear(ZooLinear):
         super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
         self.n = max(in_features, out_features)
         self._setup()
+        if isinstance(self.weight_orth, torch.nn.Parameter):
+            setattr(self.weight_orth, ORTHOGONAL_ATTR, True)
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         return {ORTHOGONAL_PARAMETER: random_orthogonal(self.n, generator)}

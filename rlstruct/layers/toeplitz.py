@@ -23,7 +23,7 @@ class ToeplitzLinear(StructuredLinear):
     fill the first column and its first ``in_features`` entries (reversed) the first row.
     """
 
-    default_dense_threshold = 1024
+    default_dense_threshold = 256
 
     def __init__(
         self,

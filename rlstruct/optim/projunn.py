@@ -44,8 +44,8 @@ import torch
 from torch.optim import Optimizer
 
 from rlstruct.errors import RLStructError
+from rlstruct.layers.orthogonal import ORTHOGONAL_ATTR
 
-ORTHOGONAL_ATTR = "_rlstruct_orthogonal"
 MODES = ("auto", "tagged", True, False)
 BASES = ("adam", "sgd")
 LOWRANK_METHODS = ("svd", "randomized")
