@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("numba")
 
+from rlstruct.errors import RLStructError  # noqa: E402
 from rlstruct.kernels import dispatch, givens_cpu  # noqa: E402
 from rlstruct.kernels.dispatch import dense_by_product, givens_dense, givens_product  # noqa: E402
 from rlstruct.kernels.reference import givens_reference  # noqa: E402
@@ -204,3 +205,19 @@ def test_kama_layer_same_with_and_without_fused_path(monkeypatch, dtype, options
         assert _max_err(y_f, y_r) <= tol
         for a, b in zip(g_f, g_r):
             assert _max_err(a, b) <= tol * (1 + b.abs().max().item()) * x.shape[0]
+
+
+def test_bad_layouts_raise_instead_of_reading_stray_memory():
+    pairs = _layout("butterfly", 8)
+    angles = _angles(pairs, torch.float32)
+    x = torch.randn(2, 8)
+    bad = pairs.clone()
+    bad[1, 3] = 8
+    with pytest.raises(RLStructError, match="outside"):
+        givens_cpu.givens_product_cpu(x, bad, angles)
+    with pytest.raises(RLStructError, match="do not fit"):
+        givens_cpu.givens_product_cpu(torch.randn(2, 6), pairs, angles)
+    with pytest.raises(RLStructError, match="do not fit"):
+        givens_cpu.givens_product_cpu(x, pairs, angles[:, :3])
+    with pytest.raises(RLStructError, match="do not fit"):
+        givens_cpu.givens_dense_cpu(pairs, angles, torch.ones(8), 9, 8)

@@ -22,8 +22,12 @@ Numerics: no fast-math approximations; only the batch reductions of the angle gr
 allowed to reassociate (``fastmath={"reassoc"}``), which changes their summation order the way
 a vectorized ``torch.sum`` does, so they vectorize.
 
-Compilation: ``cache=True`` stores the machine code in ``__pycache__``; the first call on a
-machine compiles each dtype (float32, float64) once, about 1-2 s each, later processes load it.
+Compilation: ``cache=True`` stores the machine code in ``__pycache__``, so it is paid once per
+machine and dtype: about 6 s for the float32 kernels of a KAMA layer on a 2-core machine
+(``results/ppo_throughput.md``); later processes load them in well under a second.
+
+Kernels index without bounds checks, so the wrappers validate shapes and pair indices first
+(a bad layout raises :class:`~rlstruct.errors.RLStructError` instead of reading stray memory).
 
 Double backward (``create_graph=True``, e.g. TRPO's Hessian-vector products) is served by
 differentiating the pure-torch reference for that backward call: correct, at reference speed.
@@ -37,6 +41,7 @@ import numba
 import numpy as np
 import torch
 
+from rlstruct.errors import RLStructError
 from rlstruct.kernels.reference import givens_reference
 
 #: dtypes the kernels are compiled for; others take the reference path.
@@ -108,6 +113,15 @@ def _unrotate(
                 gq = grad_q[b]
                 grad_p[b] = c * gp + s * gq
                 grad_q[b] = c * gq - s * gp
+
+
+@numba.njit(cache=True)
+def _pairs_in_range(pairs: np.ndarray) -> bool:
+    n = pairs.shape[1]
+    for index in pairs.ravel():
+        if index < 0 or index >= n:
+            return False
+    return True
 
 
 @numba.njit(cache=True)
@@ -207,6 +221,21 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy())
 
 
+def _checked_pairs(pairs: torch.Tensor, angles: torch.Tensor, width: int) -> np.ndarray:
+    """``pairs`` as NumPy after the checks the unchecked kernels rely on."""
+    n_stages, n = pairs.shape if pairs.dim() == 2 else (-1, -1)
+    if pairs.dtype != torch.int64 or n != width or n % 2 or angles.shape != (n_stages, n // 2):
+        raise RLStructError(
+            f"givens: pairs {tuple(pairs.shape)} ({pairs.dtype}) and angles "
+            f"{tuple(angles.shape)} do not fit width {width}; pass int64 pairs (L, n) and "
+            "angles (L, n/2) with n even"
+        )
+    pairs_np = _np(pairs)
+    if not _pairs_in_range(pairs_np):
+        raise RLStructError(f"givens: pairs hold indices outside [0, {n}); fix the layout")
+    return pairs_np
+
+
 def supports(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels handle these tensors (CPU, float32/float64, one dtype)."""
     dtype = tensors[0].dtype
@@ -220,9 +249,11 @@ class _GivensProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, pairs: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise RLStructError(f"givens: x must be (batch, n), got shape {tuple(x.shape)}")
+        pairs_np = _checked_pairs(pairs, angles, x.shape[1])
         angles_np = _np(angles)
         cos, sin = np.cos(angles_np), np.sin(angles_np)
-        pairs_np = _np(pairs)
         out = torch.empty(x.shape, dtype=x.dtype)
         _product_forward(_np(x), pairs_np, cos, sin, out.numpy())
         # `out` goes through save_for_backward: its version counter catches in-place edits.
@@ -257,9 +288,15 @@ class _GivensDense(torch.autograd.Function):
         ctx, pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
         in_features: int, out_features: int,
     ) -> torch.Tensor:
+        n = scale.shape[0]
+        pairs_np = _checked_pairs(pairs, angles, n)
+        if scale.shape != (n,) or not (1 <= in_features <= n and 1 <= out_features <= n):
+            raise RLStructError(
+                f"givens: scale {tuple(scale.shape)}, in {in_features}, out {out_features} "
+                f"do not fit width {n}; pass scale (n,) and 1 <= in, out <= n"
+            )
         angles_np = _np(angles)
         cos, sin = np.cos(angles_np), np.sin(angles_np)
-        pairs_np = _np(pairs)
         scale_np = _np(scale).copy()  # an optimizer step before backward must not change it
         rotated = np.empty((pairs_np.shape[1], in_features), dtype=cos.dtype)
         weight = torch.empty((out_features, in_features), dtype=scale.dtype)
