@@ -1,0 +1,549 @@
+"""Distillation: fit a structured policy (the student) to a saved policy (the teacher).
+
+The teacher is any saved SB3 actor-critic policy (a PPO/TRPO/ES run folder of ours, or a bare
+``model.zip`` with its ``vecnormalize.pkl`` beside it). :func:`train_distill`:
+
+1. rolls the teacher out for ``teacher_steps`` environment steps through the teacher's own
+   ``VecNormalize`` statistics (frozen), keeping the normalized observations it saw;
+2. labels every state with the teacher's deterministic action parameters (the Gaussian mean for
+   ``Box`` actions, the logits for ``Discrete`` ones) and its value;
+3. fits the student (a :class:`~rlstruct.policies.StructuredActorCriticPolicy` from the
+   ``policy`` config) by Adam: mean squared error to the mean (``Box``) or KL(teacher || student)
+   (``Discrete``), plus ``value_coef`` times the squared error to the teacher's values;
+4. optionally runs ``dagger_rounds`` rounds of DAgger: the student acts (deterministically) for
+   ``dagger_steps`` steps, the teacher labels those states, the student is refit on everything;
+5. optionally fine-tunes the student with PPO for ``finetune_steps`` steps, continuing the
+   teacher's normalization statistics.
+
+The student starts with the teacher's ``log_std`` (so fine-tuning explores as the teacher did)
+and keeps it fixed during the fit. The run folder is the one :mod:`rlstruct.runner` documents;
+``model.zip`` is a PPO model holding the student, ``vecnormalize.pkl`` the teacher's statistics
+(or those after fine-tuning), and ``steps`` counts every environment step spent (teacher and
+DAgger rollouts + fine-tuning), so a distilled run compares with a from-scratch run of the same
+budget. ``total_timesteps`` in the saved config is that budget; the fit's curves are in
+``tb/`` under ``distill/`` (x axis: epochs), evaluations under ``eval/`` (x axis: steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rlstruct.errors import RLStructError
+
+_EVAL_SEED_OFFSET = 10_000
+
+
+@dataclass
+class DistillSettings:
+    """The ``algo`` section of a distillation config (``conf/algo/distill.yaml`` documents each field)."""
+
+    teacher: Optional[str] = None
+    teacher_steps: int = 20_000
+    teacher_deterministic: bool = False
+    dagger_rounds: int = 0
+    dagger_steps: int = 5_000
+    epochs: int = 30
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    value_coef: float = 0.5
+    holdout: float = 0.1
+    finetune_steps: int = 0
+    finetune_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any]) -> "DistillSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in cfg["algo"].items() if k != "name"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RLStructError(
+                f"unknown distillation settings {unknown}; valid ones: {', '.join(sorted(known))}"
+            )
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise RLStructError(
+                "algo=distill needs a teacher; pass algo.teacher=<run folder or model.zip of a trained policy>"
+            )
+        for name, minimum in (
+            ("teacher_steps", 1),
+            ("dagger_rounds", 0),
+            ("dagger_steps", 1),
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("finetune_steps", 0),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise RLStructError(f"distillation {name} must be an integer >= {minimum}, got {value!r}; fix algo.{name}")
+        for name in ("learning_rate", "value_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+                name == "learning_rate" and value == 0
+            ):
+                raise RLStructError(f"distillation {name} must be a positive number, got {value!r}; fix algo.{name}")
+        if not 0 < self.holdout < 1:
+            raise RLStructError(f"distillation holdout must be in (0, 1), got {self.holdout!r}; fix algo.holdout")
+        if int(self.teacher_steps * self.holdout) < 1 or int(self.teacher_steps * (1 - self.holdout)) < 1:
+            raise RLStructError(
+                f"teacher_steps={self.teacher_steps} leaves no states on one side of holdout={self.holdout}; "
+                "raise algo.teacher_steps"
+            )
+
+    @property
+    def rollout_steps(self) -> int:
+        """Environment steps of the teacher and DAgger rollouts."""
+        return self.teacher_steps + self.dagger_rounds * self.dagger_steps
+
+    @property
+    def budget(self) -> int:
+        """Environment steps of the whole run (before PPO rounds fine-tuning up to ``n_steps``)."""
+        return self.rollout_steps + self.finetune_steps
+
+
+# ------------------------------------------------------------------------------------------------
+# the teacher
+@dataclass
+class Teacher:
+    """A loaded teacher: its policy, its ``VecNormalize`` (detached, or ``None``) and their files."""
+
+    policy: Any
+    normalizer: Optional[Any]
+    normalizer_path: Optional[Path]
+    model_path: Path
+    metrics: Optional[Dict[str, Any]]
+
+
+def _load_policy(model_path: Path):
+    """The actor-critic policy saved in an SB3 zip, whatever algorithm saved it (PPO, TRPO, ES)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    import rlstruct.policies  # noqa: F401  (the pickled policy class may be ours)
+
+    try:
+        data, params, _ = load_from_zip_file(model_path, device="cpu")
+        policy_class = data["policy_class"]
+    except Exception as exc:  # a damaged zip fails in many ways (zipfile, pickle, json, torch)
+        raise RLStructError(
+            f"teacher model {model_path} is unreadable ({type(exc).__name__}); pass an intact model.zip"
+        ) from None
+    if not (isinstance(policy_class, type) and issubclass(policy_class, ActorCriticPolicy)):
+        raise RLStructError(
+            f"teacher {model_path} holds a {getattr(policy_class, '__name__', policy_class)}, not an "
+            "actor-critic policy; pass a PPO, TRPO or ES model"
+        )
+    kwargs = dict(data.get("policy_kwargs") or {})
+    if "use_sde" in data:
+        kwargs["use_sde"] = data["use_sde"]
+    policy = policy_class(data["observation_space"], data["action_space"], lambda _: 0.0, **kwargs)
+    try:
+        policy.load_state_dict(params["policy"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise RLStructError(f"teacher model {model_path} does not fit its own policy ({first}); re-save it") from None
+    policy.set_training_mode(False)
+    return policy
+
+
+def load_teacher(path: str) -> Teacher:
+    """Load the teacher at ``path``: a run folder, or a ``model.zip`` (statistics beside it)."""
+    from rlstruct import runner as rn
+    from rlstruct.io import load_pickle
+
+    source = Path(path)
+    if not source.exists():
+        raise RLStructError(
+            f"teacher {source} does not exist; pass algo.teacher=<a run folder train.py printed, or its model.zip>"
+        )
+    metrics = None
+    if source.is_dir():
+        model_path = source / rn.MODEL_FILE
+        if not model_path.is_file():
+            checkpoint = rn.latest_checkpoint(source)
+            if checkpoint is None:
+                raise RLStructError(
+                    f"teacher folder {source} has no {rn.MODEL_FILE} and no checkpoint; pass a finished run"
+                )
+            model_path = checkpoint.folder / rn.MODEL_FILE
+        if (source / rn.METRICS_FILE).is_file():
+            metrics = json.loads((source / rn.METRICS_FILE).read_text())
+        if (source / rn.CONFIG_FILE).is_file():
+            env_cfg = rn.read_config(source)["env"]
+            if env_cfg.get("normalize_obs") and not (model_path.parent / rn.VECNORM_FILE).is_file():
+                raise RLStructError(
+                    f"teacher {source} was trained with normalized observations but "
+                    f"{model_path.parent / rn.VECNORM_FILE} is missing; copy it from a checkpoint folder"
+                )
+    else:
+        model_path = source
+    vecnorm_path = model_path.parent / rn.VECNORM_FILE
+    normalizer = load_pickle(vecnorm_path, "teacher normalization") if vecnorm_path.is_file() else None
+    return Teacher(_load_policy(model_path), normalizer, vecnorm_path if normalizer else None, model_path, metrics)
+
+
+def _describe(space) -> str:
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return f"Discrete({space.n})"
+    if isinstance(space, spaces.Box):
+        return f"Box{tuple(space.shape)}"
+    return type(space).__name__
+
+
+def _same_space(a, b) -> bool:
+    from gymnasium import spaces
+
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, spaces.Discrete):
+        return a.n == b.n and a.start == b.start
+    if isinstance(a, spaces.Box):
+        return a.shape == b.shape and np.array_equal(a.low, b.low) and np.array_equal(a.high, b.high)
+    return a == b
+
+
+def check_teacher_spaces(teacher: Teacher, venv, env_id: str) -> None:
+    """Refuse a teacher trained on an environment with other observations or actions."""
+    from gymnasium import spaces
+
+    policy = teacher.policy
+    if not (_same_space(policy.observation_space, venv.observation_space) and _same_space(policy.action_space, venv.action_space)):
+        raise RLStructError(
+            f"teacher {teacher.model_path} acts on {_describe(policy.observation_space)} -> "
+            f"{_describe(policy.action_space)} but {env_id} has {_describe(venv.observation_space)} -> "
+            f"{_describe(venv.action_space)}; pass a teacher trained on {env_id} (or set env= to the teacher's)"
+        )
+    if not isinstance(policy.action_space, (spaces.Box, spaces.Discrete)):
+        raise RLStructError(
+            f"distillation supports Box and Discrete actions, not {_describe(policy.action_space)}; use another env"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# data and the fit
+def action_parameters(policy, obs: torch.Tensor) -> torch.Tensor:
+    """The deterministic action parameters ``(batch, a)``: Gaussian means, or logits (``Discrete``)."""
+    distribution = policy.get_distribution(obs).distribution
+    return distribution.logits if isinstance(distribution, torch.distributions.Categorical) else distribution.mean
+
+
+@torch.no_grad()
+def label(teacher_policy, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Teacher targets for states ``(n, obs_dim)``: action parameters ``(n, a)``, values ``(n,)``."""
+    return action_parameters(teacher_policy, obs), teacher_policy.predict_values(obs).squeeze(-1)
+
+
+def action_loss(student: torch.Tensor, teacher: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """KL(teacher || student) per state for logits, mean squared error per coordinate for means."""
+    if discrete:
+        return F.kl_div(
+            F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True, reduction="batchmean"
+        )
+    return F.mse_loss(student, teacher)
+
+
+@torch.no_grad()
+def _r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - SSE / SST: 1 for a perfect fit, 0 for predicting the target's mean."""
+    sse = float(((prediction - target) ** 2).sum())
+    sst = float(((target - target.mean(0)) ** 2).sum())
+    return 1.0 - sse / max(sst, 1e-12)
+
+
+@torch.no_grad()
+def agreement(
+    student_policy, obs: torch.Tensor, teacher_actions: torch.Tensor, teacher_values: torch.Tensor, action_space
+) -> Dict[str, float]:
+    """How well the student matches the teacher on states ``obs`` ``(n, obs_dim)``.
+
+    ``Discrete``: ``action_agreement``, the fraction of equal argmax actions. ``Box``: ``action_r2``
+    and ``action_mse`` on the deterministic actions clipped to the bounds (what the environment
+    receives). Both: ``value_r2`` of the critic against the teacher's values.
+    """
+    from gymnasium import spaces
+
+    student_policy.set_training_mode(False)
+    student = action_parameters(student_policy, obs)
+    scores = {"value_r2": _r2(student_policy.predict_values(obs).squeeze(-1), teacher_values)}
+    if isinstance(action_space, spaces.Discrete):
+        scores["action_agreement"] = float((student.argmax(-1) == teacher_actions.argmax(-1)).double().mean())
+        return scores
+    low = torch.as_tensor(action_space.low, dtype=student.dtype)
+    high = torch.as_tensor(action_space.high, dtype=student.dtype)
+    s, t = torch.clamp(student, low, high), torch.clamp(teacher_actions, low, high)
+    scores.update(action_r2=_r2(s, t), action_mse=float(((s - t) ** 2).mean()))
+    return scores
+
+
+def collect_states(venv, act: Callable[[np.ndarray], np.ndarray], steps: int) -> torch.Tensor:
+    """The observations ``(steps, obs_dim)`` seen while ``act`` drives ``venv`` (one env) for ``steps`` steps."""
+    obs = venv.reset()
+    states = []
+    for _ in range(steps):
+        states.append(obs[0])
+        obs, _, _, _ = venv.step(act(obs))
+    return torch.as_tensor(np.asarray(states), dtype=torch.float32)
+
+
+class Fitter:
+    """Adam on the student's parameters (``log_std`` excluded) against teacher targets."""
+
+    def __init__(self, policy, settings: DistillSettings, discrete: bool, seed: int, logger) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.discrete = discrete
+        self.logger = logger
+        self.params = [p for name, p in policy.named_parameters() if p.requires_grad and name != "log_std"]
+        self.optimizer = torch.optim.Adam(self.params, lr=settings.learning_rate)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.epoch = 0
+
+    def fit(self, obs: torch.Tensor, actions: torch.Tensor, values: torch.Tensor) -> Dict[str, float]:
+        """``epochs`` passes over ``(obs, actions, values)``; returns the last epoch's mean losses."""
+        s = self.settings
+        self.policy.set_training_mode(True)
+        for _ in range(s.epochs):
+            totals = torch.zeros(2, dtype=torch.float64)
+            for idx in torch.randperm(len(obs), generator=self.generator).split(s.batch_size):
+                batch = obs[idx]
+                a_loss = action_loss(action_parameters(self.policy, batch), actions[idx], self.discrete)
+                v_loss = F.mse_loss(self.policy.predict_values(batch).squeeze(-1), values[idx])
+                self.optimizer.zero_grad(set_to_none=True)
+                (a_loss + s.value_coef * v_loss).backward()
+                self.optimizer.step()
+                totals += torch.tensor([a_loss.item(), v_loss.item()], dtype=torch.float64) * len(idx)
+            mean = (totals / len(obs)).tolist()
+            self.epoch += 1
+            self.logger.record("distill/action_loss", mean[0])
+            self.logger.record("distill/value_loss", mean[1])
+            self.logger.record("distill/states", len(obs))
+            self.logger.dump(step=self.epoch)
+        self.policy.set_training_mode(False)
+        return {"action_loss": mean[0], "value_loss": mean[1]}
+
+
+# ------------------------------------------------------------------------------------------------
+# the run folder (same layout as rlstruct.runner.train)
+def _open_run(run_dir: Path) -> None:
+    from rlstruct import runner as rn
+
+    if (run_dir / rn.MODEL_FILE).exists() or (run_dir / rn.METRICS_FILE).exists():
+        raise RLStructError(
+            f"{run_dir} already holds a run (distillation does not resume); choose another seed or "
+            "out_dir (or delete the folder to start over)"
+        )
+
+
+def _run_config(cfg: Dict[str, Any], settings: DistillSettings, teacher: Teacher) -> Dict[str, Any]:
+    """The config the run really uses: the teacher's normalization, the step budget as total_timesteps."""
+    run_cfg = copy.deepcopy(cfg)
+    norm = teacher.normalizer
+    run_cfg["env"]["normalize_obs"] = bool(norm is not None and norm.norm_obs)
+    run_cfg["env"]["normalize_reward"] = bool(norm is not None and norm.norm_reward)
+    for key in ("normalize_obs", "normalize_reward"):
+        if bool(cfg["env"].get(key, False)) != run_cfg["env"][key]:
+            print(f"[rlstruct] distill: env.{key}={run_cfg['env'][key]} (the teacher's normalization)", flush=True)
+    run_cfg["total_timesteps"] = settings.budget
+    return run_cfg
+
+
+def _make_student(cfg: Dict[str, Any], settings: DistillSettings, venv, teacher: Teacher):
+    """A PPO model holding the student; ``log_std`` copied from the teacher when shapes match."""
+    from stable_baselines3 import PPO
+
+    from rlstruct import runner as rn
+
+    ppo_kwargs = dict((cfg["env"].get("hyperparams") or {}).get("ppo") or {})
+    ppo_kwargs.update(settings.finetune_kwargs or {})
+    model = PPO(
+        "StructuredMlpPolicy",
+        venv,
+        policy_kwargs={**rn.policy_kwargs_from_config(cfg["policy"]), **rn.optimizer_policy_kwargs(cfg)},
+        seed=int(cfg["seed"]),
+        device="cpu",
+        verbose=0,
+        **ppo_kwargs,
+    )
+    teacher_log_std = getattr(teacher.policy, "log_std", None)
+    student_log_std = getattr(model.policy, "log_std", None)
+    if isinstance(teacher_log_std, torch.nn.Parameter) and isinstance(student_log_std, torch.nn.Parameter):
+        if teacher_log_std.shape == student_log_std.shape:
+            with torch.no_grad():
+                student_log_std.copy_(teacher_log_std)
+    return model
+
+
+def _attach_teacher_normalizer(venv, teacher: Teacher):
+    """``venv`` behind a fresh load of the teacher's statistics, frozen; unchanged if it had none."""
+    from rlstruct import runner as rn
+
+    if teacher.normalizer_path is None:
+        return venv
+    normalizer = rn.attach_vecnormalize(venv, teacher.normalizer_path)
+    normalizer.training = False
+    return normalizer
+
+
+def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) -> Dict[str, Any]:
+    """Distill the teacher of ``cfg['algo']`` into the ``cfg['policy']`` student in ``run_dir``.
+
+    Returns ``metrics.json`` (a PPO run's keys, plus ``distill``: teacher, data, losses and
+    held-out agreement before and after the fit). See the module doc for the procedure.
+    """
+    from gymnasium import spaces
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlstruct import runner as rn
+    from rlstruct.algos.es import _append_evaluation
+    from rlstruct.io import atomic_write_json, atomic_write_text, save_pickle_atomic, save_sb3_model
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = DistillSettings.from_config(cfg)
+    _open_run(run_dir)
+    teacher = load_teacher(settings.teacher)
+    seed = int(cfg["seed"])
+    cfg = _run_config(cfg, settings, teacher)
+    venv = rn.make_vec_env(cfg["env"], 1, seed)
+    check_teacher_spaces(teacher, venv, cfg["env"]["id"])
+    venv = _attach_teacher_normalizer(venv, teacher)
+    atomic_write_text(run_dir / rn.CONFIG_FILE, rn._yaml_dump(cfg))
+
+    model = _make_student(cfg, settings, venv, teacher)
+    student = model.policy
+    logger = configure(str(run_dir / rn.TB_DIR), ["tensorboard"])
+    model.set_logger(logger)
+    counts = student.parameter_counts()
+    metrics = rn._base_metrics(cfg, counts, command)
+    metrics["status"] = "running"
+    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
+    print(
+        f"[rlstruct] {cfg['env']['id']} distill {teacher.model_path} -> structure={cfg['policy']['structure']} "
+        f"params={counts['total']} (dense {counts['dense_total']}, {counts['dense_total'] / counts['total']:.1f}x "
+        f"fewer); budget {settings.budget} steps -> {run_dir}",
+        flush=True,
+    )
+    eval_cfg = cfg.get("eval") or {}
+    eval_env = rn.make_eval_env(cfg, seed + _EVAL_SEED_OFFSET)
+    clock = {"start": time.perf_counter(), "before": 0.0}
+    discrete = isinstance(venv.action_space, spaces.Discrete)
+
+    # 1-3: teacher states, split into fit / held-out, labelled, fitted.
+    states = collect_states(
+        venv, lambda obs: teacher.policy.predict(obs, deterministic=settings.teacher_deterministic)[0],
+        settings.teacher_steps,
+    )
+    order = torch.randperm(len(states), generator=torch.Generator().manual_seed(seed))
+    n_holdout = int(len(states) * settings.holdout)
+    held_obs, fit_obs = states[order[:n_holdout]], states[order[n_holdout:]]
+    held_actions, held_values = label(teacher.policy, held_obs)
+    fit_actions, fit_values = label(teacher.policy, fit_obs)
+    before = agreement(student, held_obs, held_actions, held_values, venv.action_space)
+    with torch.no_grad():  # the value head starts at the teacher's mean value: no time spent on the offset
+        student.value_net.bias.fill_(float(fit_values.mean()))
+    fitter = Fitter(student, settings, discrete, seed, logger)
+    losses = fitter.fit(fit_obs, fit_actions, fit_values)
+    rounds = [agreement(student, held_obs, held_actions, held_values, venv.action_space)]
+
+    # 4: DAgger rounds on the student's own states.
+    for _ in range(settings.dagger_rounds):
+        new_obs = collect_states(venv, lambda obs: model.predict(obs, deterministic=True)[0], settings.dagger_steps)
+        new_actions, new_values = label(teacher.policy, new_obs)
+        fit_obs = torch.cat([fit_obs, new_obs])
+        fit_actions = torch.cat([fit_actions, new_actions])
+        fit_values = torch.cat([fit_values, new_values])
+        losses = fitter.fit(fit_obs, fit_actions, fit_values)
+        rounds.append(agreement(student, held_obs, held_actions, held_values, venv.action_space))
+    for key, value in rounds[-1].items():
+        logger.record(f"distill/holdout_{key}", value)
+    logger.dump(step=fitter.epoch)
+
+    model.num_timesteps = settings.rollout_steps
+    rn.sync_normalization(venv, eval_env)
+    rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("episodes", 5)), bool(eval_cfg.get("deterministic", True)))
+    distilled_eval = dict(mean=float(np.mean(rewards)), std=float(np.std(rewards)), episodes=len(rewards))
+    logger.record("eval/mean_reward", distilled_eval["mean"])
+    logger.record("eval/std_reward", distilled_eval["std"])
+    logger.dump(step=model.num_timesteps)
+    _append_evaluation(run_dir, model.num_timesteps, rewards, rn.clock_elapsed(clock))
+    print(
+        f"[rlstruct] distilled on {len(fit_obs)} states: held-out {rounds[-1]} (before {before}); "
+        f"reward {distilled_eval['mean']:.1f} +- {distilled_eval['std']:.1f}",
+        flush=True,
+    )
+
+    # 5: PPO fine-tuning, continuing the teacher's statistics (no checkpoints: no resume).
+    if settings.finetune_steps > 0:
+        if isinstance(venv, VecNormalize):
+            venv.training = True
+        finetune_cfg = dict(cfg, checkpoint={"freq": 0})
+        model.learn(
+            total_timesteps=settings.finetune_steps,
+            callback=rn._make_callback(run_dir, finetune_cfg, eval_env, clock),
+            reset_num_timesteps=False,
+            progress_bar=bool(cfg.get("progress_bar", True)),
+        )
+    elapsed = rn.clock_elapsed(clock)
+
+    save_sb3_model(model, run_dir / rn.MODEL_FILE)
+    if isinstance(venv, VecNormalize):
+        save_pickle_atomic(venv, run_dir / rn.VECNORM_FILE)
+    rn.sync_normalization(venv, eval_env)
+    deterministic = bool(eval_cfg.get("deterministic", True))
+    rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("final_episodes", 10)), deterministic)
+    steps = int(model.num_timesteps)
+    teacher_eval = (teacher.metrics or {}).get("final_eval")
+    metrics.update(
+        status="finished",
+        steps=steps,
+        wall_time_s=round(elapsed, 2),
+        steps_per_s=round(steps / elapsed, 1) if elapsed > 0 else None,
+        final_eval=dict(
+            mean=float(np.mean(rewards)),
+            std=float(np.std(rewards)),
+            episodes=len(rewards),
+            deterministic=deterministic,
+            rewards=rewards,
+        ),
+        distill=dict(
+            teacher=str(teacher.model_path),
+            teacher_params=(teacher.metrics or {}).get("params"),
+            teacher_final_eval_mean=teacher_eval.get("mean") if teacher_eval else None,
+            teacher_steps=settings.teacher_steps,
+            dagger_steps=settings.dagger_rounds * settings.dagger_steps,
+            finetune_steps=steps - settings.rollout_steps,
+            fit_states=len(fit_obs),
+            holdout_states=n_holdout,
+            epochs=fitter.epoch,
+            final_losses=losses,
+            holdout_before=before,
+            holdout_after=rounds,
+            distilled_eval=distilled_eval,
+        ),
+    )
+    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
+    venv.close()
+    eval_env.close()
+    logger.close()
+    print(
+        f"[rlstruct] done: {steps} steps in {elapsed:.0f} s; final reward "
+        f"{metrics['final_eval']['mean']:.1f} +- {metrics['final_eval']['std']:.1f} over {len(rewards)} episodes",
+        flush=True,
+    )
+    return metrics
