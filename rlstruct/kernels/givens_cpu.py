@@ -18,9 +18,9 @@ recovers each stage's input from its output with the inverse rotation (exact up 
 rotations being orthogonal) while it rotates the gradient back. For a stage output
 ``(y_p, y_q)`` and its gradient ``(g_p, g_q)``, ``d loss / d theta = sum_b g_q y_p - g_p y_q``.
 
-Numerics: no fast-math approximations; only the batch reductions of the angle gradient are
-allowed to reassociate (``fastmath={"reassoc"}``), which changes their summation order the way
-a vectorized ``torch.sum`` does, so they vectorize.
+Numerics: no fast-math approximations; only the batch reductions of the gradients are allowed
+to reassociate (``fastmath={"reassoc"}``), which changes their summation order the way a
+vectorized ``torch.sum`` does, so they vectorize (the backward is one pass per pair).
 
 Compilation: ``cache=True`` stores the machine code in ``__pycache__``, so it is paid once per
 machine and dtype: about 6 s for the float32 kernels of a KAMA layer on a 2-core machine
@@ -81,7 +81,10 @@ def _dot(a: np.ndarray, b: np.ndarray):
     return acc
 
 
-@numba.njit(cache=True)
+# Reassociation here only reorders the angle-gradient sum (each rotation update is two
+# products and one add: nothing to reassociate, and no FMA contraction without "contract"),
+# and lets that sum share one vectorized pass with the updates.
+@numba.njit(cache=True, fastmath={"reassoc"})
 def _unrotate(
     buf: np.ndarray, grad: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray,
     grad_angles: np.ndarray,
@@ -100,19 +103,21 @@ def _unrotate(
             p = pairs[stage, 2 * k]
             q = pairs[stage, 2 * k + 1]
             row_p, row_q, grad_p, grad_q = buf[p], buf[q], grad[p], grad[q]
-            grad_angles[stage, k] += _dot(grad_q, row_p) - _dot(grad_p, row_q)
             c = cos[stage, k]
             s = sin[stage, k]
+            acc = buf.dtype.type(0)
             # The transpose of a rotation is its inverse: one formula for inputs and gradients.
             for b in range(batch):
                 yp = row_p[b]
                 yq = row_q[b]
-                row_p[b] = c * yp + s * yq
-                row_q[b] = c * yq - s * yp
                 gp = grad_p[b]
                 gq = grad_q[b]
+                acc += gq * yp - gp * yq
+                row_p[b] = c * yp + s * yq
+                row_q[b] = c * yq - s * yp
                 grad_p[b] = c * gp + s * gq
                 grad_q[b] = c * gq - s * gp
+            grad_angles[stage, k] += acc
 
 
 @numba.njit(cache=True)
