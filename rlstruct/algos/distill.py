@@ -88,7 +88,9 @@ class DistillSettings:
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise RLStructError(f"distillation {name} must be an integer >= {minimum}, got {value!r}; fix algo.{name}")
+                raise RLStructError(
+                    f"distillation {name} must be an integer >= {minimum}, got {value!r}; fix algo.{name}"
+                )
         for name in ("learning_rate", "value_coef"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
@@ -222,7 +224,8 @@ def check_teacher_spaces(teacher: Teacher, venv, env_id: str) -> None:
     from gymnasium import spaces
 
     policy = teacher.policy
-    if not (_same_space(policy.observation_space, venv.observation_space) and _same_space(policy.action_space, venv.action_space)):
+    same_obs = _same_space(policy.observation_space, venv.observation_space)
+    if not (same_obs and _same_space(policy.action_space, venv.action_space)):
         raise RLStructError(
             f"teacher {teacher.model_path} acts on {_describe(policy.observation_space)} -> "
             f"{_describe(policy.action_space)} but {env_id} has {_describe(venv.observation_space)} -> "
@@ -419,9 +422,9 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     _open_run(run_dir)
     teacher = load_teacher(settings.teacher)
     seed = int(cfg["seed"])
-    cfg = _run_config(cfg, settings, teacher)
     venv = rn.make_vec_env(cfg["env"], 1, seed)
     check_teacher_spaces(teacher, venv, cfg["env"]["id"])
+    cfg = _run_config(cfg, settings, teacher)
     venv = _attach_teacher_normalizer(venv, teacher)
     atomic_write_text(run_dir / rn.CONFIG_FILE, rn._yaml_dump(cfg))
 
@@ -476,7 +479,8 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
 
     model.num_timesteps = settings.rollout_steps
     rn.sync_normalization(venv, eval_env)
-    rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("episodes", 5)), bool(eval_cfg.get("deterministic", True)))
+    deterministic = bool(eval_cfg.get("deterministic", True))
+    rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("episodes", 5)), deterministic)
     distilled_eval = dict(mean=float(np.mean(rewards)), std=float(np.std(rewards)), episodes=len(rewards))
     logger.record("eval/mean_reward", distilled_eval["mean"])
     logger.record("eval/std_reward", distilled_eval["std"])
@@ -505,7 +509,6 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     if isinstance(venv, VecNormalize):
         save_pickle_atomic(venv, run_dir / rn.VECNORM_FILE)
     rn.sync_normalization(venv, eval_env)
-    deterministic = bool(eval_cfg.get("deterministic", True))
     rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("final_episodes", 10)), deterministic)
     steps = int(model.num_timesteps)
     teacher_eval = (teacher.metrics or {}).get("final_eval")
