@@ -32,7 +32,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -340,6 +340,58 @@ class Fitter:
         return {"action_loss": mean[0], "value_loss": mean[1]}
 
 
+@dataclass
+class FitReport:
+    """What :func:`distill` did: data sizes, epochs, last losses, held-out agreement before/after each fit."""
+
+    fit_states: int
+    holdout_states: int
+    epochs: int
+    losses: Dict[str, float]
+    before: Dict[str, float]
+    after: List[Dict[str, float]]
+
+
+def distill(model, teacher: Teacher, venv, settings: DistillSettings, seed: int, logger) -> FitReport:
+    """Steps 1-4 of the module doc: fit ``model.policy`` to ``teacher`` on states from ``venv``.
+
+    ``venv`` (one environment) must already apply the teacher's normalization.
+    """
+    from gymnasium import spaces
+
+    student = model.policy
+    space = venv.action_space
+    states = collect_states(
+        venv,
+        lambda obs: teacher.policy.predict(obs, deterministic=settings.teacher_deterministic)[0],
+        settings.teacher_steps,
+    )
+    order = torch.randperm(len(states), generator=torch.Generator().manual_seed(seed))
+    n_holdout = int(len(states) * settings.holdout)
+    held_obs, fit_obs = states[order[:n_holdout]], states[order[n_holdout:]]
+    held_actions, held_values = label(teacher.policy, held_obs)
+    fit_actions, fit_values = label(teacher.policy, fit_obs)
+    before = agreement(student, held_obs, held_actions, held_values, space)
+    with torch.no_grad():  # the value head starts at the teacher's mean value: no steps spent on the offset
+        student.value_net.bias.fill_(float(fit_values.mean()))
+    fitter = Fitter(student, settings, isinstance(space, spaces.Discrete), seed, logger)
+    losses = fitter.fit(fit_obs, fit_actions, fit_values)
+    after = [agreement(student, held_obs, held_actions, held_values, space)]
+
+    for _ in range(settings.dagger_rounds):  # the student's own states, labelled by the teacher
+        new_obs = collect_states(venv, lambda obs: model.predict(obs, deterministic=True)[0], settings.dagger_steps)
+        new_actions, new_values = label(teacher.policy, new_obs)
+        fit_obs = torch.cat([fit_obs, new_obs])
+        fit_actions = torch.cat([fit_actions, new_actions])
+        fit_values = torch.cat([fit_values, new_values])
+        losses = fitter.fit(fit_obs, fit_actions, fit_values)
+        after.append(agreement(student, held_obs, held_actions, held_values, space))
+    for key, value in after[-1].items():
+        logger.record(f"distill/holdout_{key}", value)
+    logger.dump(step=fitter.epoch)
+    return FitReport(len(fit_obs), n_holdout, fitter.epoch, losses, before, after)
+
+
 # ------------------------------------------------------------------------------------------------
 # the run folder (same layout as rlstruct.runner.train)
 def _open_run(run_dir: Path) -> None:
@@ -408,7 +460,6 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     Returns ``metrics.json`` (a PPO run's keys, plus ``distill``: teacher, data, losses and
     held-out agreement before and after the fit). See the module doc for the procedure.
     """
-    from gymnasium import spaces
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -429,10 +480,9 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     atomic_write_text(run_dir / rn.CONFIG_FILE, rn._yaml_dump(cfg))
 
     model = _make_student(cfg, settings, venv, teacher)
-    student = model.policy
     logger = configure(str(run_dir / rn.TB_DIR), ["tensorboard"])
     model.set_logger(logger)
-    counts = student.parameter_counts()
+    counts = model.policy.parameter_counts()
     metrics = rn._base_metrics(cfg, counts, command)
     metrics["status"] = "running"
     atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
@@ -445,38 +495,8 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     eval_cfg = cfg.get("eval") or {}
     eval_env = rn.make_eval_env(cfg, seed + _EVAL_SEED_OFFSET)
     clock = {"start": time.perf_counter(), "before": 0.0}
-    discrete = isinstance(venv.action_space, spaces.Discrete)
 
-    # 1-3: teacher states, split into fit / held-out, labelled, fitted.
-    states = collect_states(
-        venv, lambda obs: teacher.policy.predict(obs, deterministic=settings.teacher_deterministic)[0],
-        settings.teacher_steps,
-    )
-    order = torch.randperm(len(states), generator=torch.Generator().manual_seed(seed))
-    n_holdout = int(len(states) * settings.holdout)
-    held_obs, fit_obs = states[order[:n_holdout]], states[order[n_holdout:]]
-    held_actions, held_values = label(teacher.policy, held_obs)
-    fit_actions, fit_values = label(teacher.policy, fit_obs)
-    before = agreement(student, held_obs, held_actions, held_values, venv.action_space)
-    with torch.no_grad():  # the value head starts at the teacher's mean value: no time spent on the offset
-        student.value_net.bias.fill_(float(fit_values.mean()))
-    fitter = Fitter(student, settings, discrete, seed, logger)
-    losses = fitter.fit(fit_obs, fit_actions, fit_values)
-    rounds = [agreement(student, held_obs, held_actions, held_values, venv.action_space)]
-
-    # 4: DAgger rounds on the student's own states.
-    for _ in range(settings.dagger_rounds):
-        new_obs = collect_states(venv, lambda obs: model.predict(obs, deterministic=True)[0], settings.dagger_steps)
-        new_actions, new_values = label(teacher.policy, new_obs)
-        fit_obs = torch.cat([fit_obs, new_obs])
-        fit_actions = torch.cat([fit_actions, new_actions])
-        fit_values = torch.cat([fit_values, new_values])
-        losses = fitter.fit(fit_obs, fit_actions, fit_values)
-        rounds.append(agreement(student, held_obs, held_actions, held_values, venv.action_space))
-    for key, value in rounds[-1].items():
-        logger.record(f"distill/holdout_{key}", value)
-    logger.dump(step=fitter.epoch)
-
+    fit = distill(model, teacher, venv, settings, seed, logger)
     model.num_timesteps = settings.rollout_steps
     rn.sync_normalization(venv, eval_env)
     deterministic = bool(eval_cfg.get("deterministic", True))
@@ -487,7 +507,7 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     logger.dump(step=model.num_timesteps)
     _append_evaluation(run_dir, model.num_timesteps, rewards, rn.clock_elapsed(clock))
     print(
-        f"[rlstruct] distilled on {len(fit_obs)} states: held-out {rounds[-1]} (before {before}); "
+        f"[rlstruct] distilled on {fit.fit_states} states: held-out {fit.after[-1]} (before {fit.before}); "
         f"reward {distilled_eval['mean']:.1f} +- {distilled_eval['std']:.1f}",
         flush=True,
     )
@@ -531,12 +551,12 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
             teacher_steps=settings.teacher_steps,
             dagger_steps=settings.dagger_rounds * settings.dagger_steps,
             finetune_steps=steps - settings.rollout_steps,
-            fit_states=len(fit_obs),
-            holdout_states=n_holdout,
-            epochs=fitter.epoch,
-            final_losses=losses,
-            holdout_before=before,
-            holdout_after=rounds,
+            fit_states=fit.fit_states,
+            holdout_states=fit.holdout_states,
+            epochs=fit.epochs,
+            final_losses=fit.losses,
+            holdout_before=fit.before,
+            holdout_after=fit.after,
             distilled_eval=distilled_eval,
         ),
     )
