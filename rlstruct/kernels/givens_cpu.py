@@ -122,6 +122,7 @@ def _unrotate(
 
 @numba.njit(cache=True)
 def _pairs_in_range(pairs: np.ndarray) -> bool:
+    """Whether every index of ``pairs (L, n)`` lies in ``[0, n)``."""
     n = pairs.shape[1]
     for index in pairs.ravel():
         if index < 0 or index >= n:
@@ -163,6 +164,7 @@ def _product_backward(
     out: np.ndarray, grad_out: np.ndarray, pairs: np.ndarray, cos: np.ndarray, sin: np.ndarray,
     grad_x: np.ndarray, grad_angles: np.ndarray,
 ) -> None:
+    """Gradients ``grad_x (batch, n)`` and ``grad_angles (L, n/2)`` from the output alone."""
     batch, n = out.shape
     step = _chunk(2 * n, out.itemsize)
     grad_angles[:] = 0
@@ -199,6 +201,7 @@ def _dense_backward(
     rotated: np.ndarray, grad_weight: np.ndarray, pairs: np.ndarray, cos: np.ndarray,
     sin: np.ndarray, scale: np.ndarray, grad_angles: np.ndarray, grad_scale: np.ndarray,
 ) -> None:
+    """Gradients of the build from the saved ``rotated (n, in)`` and ``grad_weight (out, in)``."""
     n, width = rotated.shape
     out_features = grad_weight.shape[0]
     grad_scale[:] = 0
