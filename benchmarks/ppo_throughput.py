@@ -14,8 +14,8 @@ Timed after a warm-up (a forward/backward on a minibatch, a few predictions: num
 load, caches fill). The machine is shared and its load drifts, so measurements are paired:
 each structure's ``learn`` runs right after the baseline's, predictions alternate call by call,
 and ratios are medians over ``--rounds`` pairs. The ``dense`` structure (``nn.Linear`` math
-behind the structured policy) shows how far two equal-cost runs differ. A micro section times the KAMA layer (fused
-CPU kernels and the pure-torch reference path) against ``nn.Linear``, and the first-call cost
+behind the structured policy) shows how far two equal-cost runs differ. A micro section
+times the KAMA layer (fused CPU kernels and the pure-torch reference path) against ``nn.Linear``, and the first-call cost
 of the numba kernels (cached machine code vs a fresh compile).
 
     python benchmarks/ppo_throughput.py                            # all structures
