@@ -15,8 +15,8 @@ load, caches fill). The machine is shared and its load drifts, so measurements a
 each structure's ``learn`` runs right after the baseline's, predictions alternate call by call,
 and ratios are medians over ``--rounds`` pairs. The ``dense`` structure (``nn.Linear`` math
 behind the structured policy) shows how far two equal-cost runs differ. A micro section
-times the KAMA layer (fused CPU kernels and the pure-torch reference path) against ``nn.Linear``, and the first-call cost
-of the numba kernels (cached machine code vs a fresh compile).
+times the KAMA layer (fused CPU kernels and the pure-torch reference path) against
+``nn.Linear``, and the first-call cost of the numba kernels (cached code vs a fresh compile).
 
     python benchmarks/ppo_throughput.py                            # all structures
     python benchmarks/ppo_throughput.py --structures kama,dense --rounds 1
