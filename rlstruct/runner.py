@@ -331,16 +331,28 @@ def clock_elapsed(clock: Dict[str, float]) -> float:
     return clock["before"] + time.perf_counter() - clock["start"]
 
 
-_IDENTITY_KEYS = ("env", "algo", "policy")
+def run_identity(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """What a checkpoint is bound to: env, normalization, algorithm settings and policy.
+
+    Budgets, evaluation and logging settings may change between a run and its resumption
+    (e.g. extending ``total_timesteps``); these may not.
+    """
+    env = cfg["env"]
+    return dict(
+        env=dict(id=env["id"], kwargs=env.get("kwargs") or {},
+                 normalize_obs=bool(env.get("normalize_obs")), normalize_reward=bool(env.get("normalize_reward"))),
+        algo=dict(name=cfg["algo"]["name"], kwargs=algo_kwargs(cfg)),
+        policy=cfg["policy"],
+    )
 
 
 def _check_resume_config(run_dir: Path, cfg: Dict[str, Any]) -> None:
-    saved = read_config(run_dir)
-    for key in _IDENTITY_KEYS:
-        if saved.get(key) != cfg.get(key):
+    saved, current = run_identity(read_config(run_dir)), run_identity(cfg)
+    for key in current:
+        if saved[key] != current[key]:
             raise RLStructError(
                 f"cannot resume {run_dir}: its saved '{key}' config differs from this one "
-                f"(saved {saved.get(key)!r}); resume with the same settings or use a new out_dir"
+                f"(saved {saved[key]!r}); resume with the same settings or use a new out_dir"
             )
 
 
