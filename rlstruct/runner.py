@@ -282,6 +282,17 @@ def sync_normalization(train_env, eval_env) -> None:
 
 # --------------------------------------------------------------------------------------------
 # training
+def append_evaluation(run_dir: Path, step: int, rewards: List[float], wall_s: float) -> None:
+    """Add one row (step, mean, std, episodes, wall time) to the run's ``evaluations.csv``."""
+    path = Path(run_dir) / EVAL_FILE
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s"])
+        writer.writerow([step, float(np.mean(rewards)), float(np.std(rewards)), len(rewards), round(wall_s, 2)])
+
+
 def _make_callback(run_dir: Path, cfg: Dict[str, Any], eval_env, clock: Dict[str, float]):
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -310,16 +321,9 @@ def _make_callback(run_dir: Path, cfg: Dict[str, Any], eval_env, clock: Dict[str
                 self._next_eval += eval_freq
                 sync_normalization(self.training_env, eval_env)
                 rewards = evaluate_model(self.model, eval_env, episodes, deterministic)
-                mean, std = float(np.mean(rewards)), float(np.std(rewards))
-                self.logger.record("eval/mean_reward", mean)
-                self.logger.record("eval/std_reward", std)
-                path = run_dir / EVAL_FILE
-                new = not path.exists()
-                with open(path, "a", newline="") as handle:
-                    writer = csv.writer(handle)
-                    if new:
-                        writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s"])
-                    writer.writerow([self.num_timesteps, mean, std, episodes, round(clock_elapsed(clock), 2)])
+                self.logger.record("eval/mean_reward", float(np.mean(rewards)))
+                self.logger.record("eval/std_reward", float(np.std(rewards)))
+                append_evaluation(run_dir, self.num_timesteps, rewards, clock_elapsed(clock))
             if self._next_ckpt is not None and self.num_timesteps >= self._next_ckpt:
                 self._next_ckpt += ckpt_freq
                 write_checkpoint(run_dir, self.model, self.training_env, clock_elapsed(clock), keep)
@@ -356,6 +360,30 @@ def _check_resume_config(run_dir: Path, cfg: Dict[str, Any]) -> None:
             )
 
 
+def open_run_dir(run_dir: Path, cfg: Dict[str, Any]) -> Optional[Checkpoint]:
+    """The checkpoint to resume from (``None``: a fresh run, whose config is written now).
+
+    Refuses to overwrite a finished run, to continue a run without ``resume=true``, and to
+    resume a run whose env, algorithm or policy settings differ from ``cfg``.
+    """
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None and (run_dir / MODEL_FILE).exists():
+        raise RLStructError(
+            f"{run_dir} already holds a finished run; choose another seed or out_dir "
+            "(or delete the folder to start over)"
+        )
+    if checkpoint is not None and not cfg.get("resume", False):
+        raise RLStructError(
+            f"{run_dir} already holds a run (checkpoint at {checkpoint.steps} steps); pass "
+            "resume=true to continue it, or choose another seed or out_dir"
+        )
+    if checkpoint is not None:
+        _check_resume_config(run_dir, cfg)
+    else:
+        atomic_write_text(run_dir / CONFIG_FILE, _yaml_dump(cfg))
+    return checkpoint
+
+
 def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = None) -> Dict[str, Any]:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns ``metrics.json``.
 
@@ -374,22 +402,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
 
         return train_distill(cfg, run_dir, command=command)
     cls = algo_class(algo_name)
-    resume = bool(cfg.get("resume", False))
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None and (run_dir / MODEL_FILE).exists():
-        raise RLStructError(
-            f"{run_dir} already holds a finished run; choose another seed or out_dir "
-            "(or delete the folder to start over)"
-        )
-    if checkpoint is not None and not resume:
-        raise RLStructError(
-            f"{run_dir} already holds a run (checkpoint at {checkpoint.steps} steps); pass "
-            "resume=true to continue it, or choose another seed or out_dir"
-        )
-    if checkpoint is not None:
-        _check_resume_config(run_dir, cfg)
-    else:
-        atomic_write_text(run_dir / CONFIG_FILE, _yaml_dump(cfg))
+    checkpoint = open_run_dir(run_dir, cfg)
 
     seed = int(cfg["seed"])
     total = int(cfg["total_timesteps"])

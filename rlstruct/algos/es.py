@@ -22,7 +22,6 @@ open it, and ``vecnormalize.pkl`` holds the ES observation statistics.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -348,41 +347,6 @@ def _sync_normalizer(vecnorm, es: EvolutionStrategy) -> None:
         vecnorm.obs_rms.count = es.obs_stats.count
 
 
-def _append_evaluation(run_dir: Path, step: int, rewards: List[float], wall_s: float) -> None:
-    from rlstruct.runner import EVAL_FILE
-
-    path = run_dir / EVAL_FILE
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        if new:
-            writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s"])
-        writer.writerow([step, float(np.mean(rewards)), float(np.std(rewards)), len(rewards), round(wall_s, 2)])
-
-
-def _open_run(run_dir: Path, cfg: Dict[str, Any]):
-    """The checkpoint to resume from (or ``None``), refusing to overwrite another run."""
-    from rlstruct import runner as rn
-    from rlstruct.io import atomic_write_text
-
-    checkpoint = rn.latest_checkpoint(run_dir)
-    if checkpoint is None and (run_dir / rn.MODEL_FILE).exists():
-        raise RLStructError(
-            f"{run_dir} already holds a finished run; choose another seed or out_dir "
-            "(or delete the folder to start over)"
-        )
-    if checkpoint is not None and not cfg.get("resume", False):
-        raise RLStructError(
-            f"{run_dir} already holds a run (checkpoint at {checkpoint.steps} steps); pass "
-            "resume=true to continue it, or choose another seed or out_dir"
-        )
-    if checkpoint is not None:
-        rn._check_resume_config(run_dir, cfg)
-    else:
-        atomic_write_text(run_dir / rn.CONFIG_FILE, rn._yaml_dump(cfg))
-    return checkpoint
-
-
 def _make_model(cfg: Dict[str, Any], venv, checkpoint):
     """The PPO model that carries the ES policy: fresh, or the checkpoint's."""
     from stable_baselines3 import PPO
@@ -426,7 +390,7 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
     env_cfg = cfg["env"]
     seed = int(cfg["seed"])
     total = int(cfg["total_timesteps"])
-    checkpoint = _open_run(run_dir, cfg)
+    checkpoint = rn.open_run_dir(run_dir, cfg)
 
     venv = rn.make_vec_env(env_cfg, 1, seed)
     model = _make_model(cfg, venv, checkpoint)
@@ -482,7 +446,7 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
                 rewards = es.evaluate(eval_env, int(eval_cfg.get("episodes", 5)), seed + _EVAL_SEED_OFFSET)
                 logger.record("eval/mean_reward", float(np.mean(rewards)))
                 logger.record("eval/std_reward", float(np.std(rewards)))
-                _append_evaluation(run_dir, es.steps, rewards, rn.clock_elapsed(clock))
+                rn.append_evaluation(run_dir, es.steps, rewards, rn.clock_elapsed(clock))
             logger.dump(step=es.steps)
             if next_ckpt is not None and es.steps >= next_ckpt:
                 next_ckpt = (es.steps // ckpt_freq + 1) * ckpt_freq

@@ -67,6 +67,7 @@ class StructuredLinear(nn.Module):
                 )
         self.in_features = in_features
         self.out_features = out_features
+        self._width = max(in_features, out_features)
         self.dense_threshold = (
             self.default_dense_threshold if dense_threshold is None else int(dense_threshold)
         )
@@ -131,8 +132,13 @@ class StructuredLinear(nn.Module):
     def _weight_for_inference(self) -> torch.Tensor:
         # Without autograd the built matrix can be reused until a parameter is modified.
         # Parameter `_version` counters are bumped by every in-place update (optimizer steps,
-        # load_state_dict), so they detect staleness without hashing the data.
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in self.parameters())
+        # load_state_dict), so they detect staleness without hashing the data. Buffers are part
+        # of the structure too (random-mode layers keep it there).
+        key = tuple(
+            (t._version, t.data_ptr(), t.dtype, t.device)
+            for t in (*self._parameters.values(), *self._buffers.values())
+            if t is not None
+        )
         if self._cached_weight is None or key != self._cache_key:
             self._cached_weight = self.to_dense().detach()
             self._cache_key = key
@@ -148,12 +154,16 @@ class StructuredLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: ``(..., in_features) -> (..., out_features)``."""
         self.check_input(x)
-        training = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        width = max(self.in_features, self.out_features)
+        # Only direct parameters: every family keeps its structure on the layer itself, and this
+        # runs on every rollout step, where a recursive parameters() walk is measurable.
+        training = torch.is_grad_enabled() and any(
+            p.requires_grad for p in self._parameters.values() if p is not None
+        )
+        width = self._width
         if not training and width <= self.inference_dense_threshold:
             # Rollouts: the cached W makes a forward cost what nn.Linear costs.
             return F.linear(x, self._weight_for_inference(), self.bias)
-        if training and self.uses_dense_path():
+        if training and width <= self.dense_threshold:
             return F.linear(x, self.to_dense(), self.bias)
         lead = x.shape[:-1]
         y = self.apply_structured(x.reshape(-1, self.in_features))
