@@ -214,12 +214,7 @@ def _style(structure: str, index: int) -> Tuple[str, str]:
 
 
 def plot_pareto(groups: Sequence[Group], env: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _new_figure()
     subset = [g for g in groups if g.key[0] == env]
     labelled = set()
     for i, g in enumerate(subset):
@@ -243,12 +238,28 @@ def plot_pareto(groups: Sequence[Group], env: str, out: Path) -> Path:
     if len(frontier) > 1:
         ax.step(*zip(*frontier), where="post", color="0.6", lw=1, zorder=0, label="Pareto frontier")
     ax.set_xscale("log")
-    ax.set_xlabel("learned parameters (actor + critic, log scale)")
-    ax.set_ylabel("final reward (mean +- std over seeds)")
-    ax.set_title(f"{env}: reward against parameter count")
+    return _finish(fig, ax, "learned parameters (actor + critic, log scale)",
+                   "final reward (mean +- std over seeds)", f"{env}: reward against parameter count",
+                   out / f"pareto_{env}.png", legend_size=8)
+
+
+def _new_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.5, 4.5))
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, legend_size: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = out / f"pareto_{env}.png"
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -256,12 +267,7 @@ def plot_pareto(groups: Sequence[Group], env: str, out: Path) -> Path:
 
 
 def plot_curves(groups: Sequence[Group], env: str, out: Path) -> Optional[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = _new_figure()
     drawn = 0
     for i, g in enumerate(g for g in groups if g.key[0] == env):
         curves = [c for c in (read_curve(r.folder) for r in g.runs) if c is not None]
@@ -276,18 +282,13 @@ def plot_curves(groups: Sequence[Group], env: str, out: Path) -> Optional[Path]:
         ax.fill_between(grid, values.min(0), values.max(0), color=color, alpha=0.15)
         drawn += 1
     if not drawn:
+        import matplotlib.pyplot as plt
+
         plt.close(fig)
         return None
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation reward")
-    ax.set_title(f"{env}: learning curves (mean, min-max band over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    path = out / f"curves_{env}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, "environment steps", "evaluation reward",
+                   f"{env}: learning curves (mean, min-max band over seeds)", out / f"curves_{env}.png",
+                   legend_size=7)
 
 
 def make_report(paths: Sequence[Path], out: Path, curves: bool = True) -> Dict:
