@@ -52,19 +52,23 @@ TB_DIR = "tb"
 
 # --------------------------------------------------------------------------------------------
 # algorithms
+#: algorithms whose trainers are ours; they save their policy inside a PPO model file.
+OWN_TRAINERS = ("es", "distill")
+
+
 def algo_class(name: str) -> type:
-    """The SB3 algorithm class for a config name (``ppo``, ``trpo``)."""
+    """The SB3 class that trains (``ppo``, ``trpo``) or saves (``es``, ``distill``) an algo's model."""
     from stable_baselines3 import PPO
 
     import rlstruct.policies  # noqa: F401  (registers "StructuredMlpPolicy")
 
-    if name == "ppo":
+    if name == "ppo" or name in OWN_TRAINERS:
         return PPO
     if name == "trpo":
         from sb3_contrib import TRPO
 
         return TRPO
-    raise RLStructError(f"unknown algo {name!r}; choose one of: ppo, trpo")
+    raise RLStructError(f"unknown algo {name!r}; choose one of: ppo, trpo, {', '.join(OWN_TRAINERS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,7 +538,7 @@ def load_run(run_dir: os.PathLike, render_mode: Optional[str] = None, seed: int 
             )
         model_path = checkpoint.folder / MODEL_FILE
         vecnorm_path = checkpoint.folder / VECNORM_FILE
-    cls = algo_class(cfg["algo"]["name"]) if cfg["algo"]["name"] != "es" else algo_class("ppo")
+    cls = algo_class(cfg["algo"]["name"])
     venv = make_vec_env(cfg["env"], 1, seed, render_mode=render_mode)
     if cfg["env"].get("normalize_obs") or cfg["env"].get("normalize_reward"):
         if not vecnorm_path.is_file():

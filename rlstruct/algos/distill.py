@@ -464,7 +464,6 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     from stable_baselines3.common.vec_env import VecNormalize
 
     from rlstruct import runner as rn
-    from rlstruct.algos.es import _append_evaluation
     from rlstruct.io import atomic_write_json, atomic_write_text, save_pickle_atomic, save_sb3_model
 
     run_dir = Path(run_dir)
@@ -505,7 +504,7 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     logger.record("eval/mean_reward", distilled_eval["mean"])
     logger.record("eval/std_reward", distilled_eval["std"])
     logger.dump(step=model.num_timesteps)
-    _append_evaluation(run_dir, model.num_timesteps, rewards, rn.clock_elapsed(clock))
+    rn.append_evaluation(run_dir, model.num_timesteps, rewards, rn.clock_elapsed(clock))
     print(
         f"[rlstruct] distilled on {fit.fit_states} states: held-out {fit.after[-1]} (before {fit.before}); "
         f"reward {distilled_eval['mean']:.1f} +- {distilled_eval['std']:.1f}",
