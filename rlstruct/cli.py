@@ -17,6 +17,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "join", lambda items: "-".join(str(i) for i in items) if items else "none"
         )
+    if not OmegaConf.has_resolver("tag"):
+        # "-<value>" for a set option, "" for null: run names only grow when an option is used
+        OmegaConf.register_new_resolver("tag", lambda value: f"-{value}" if value else "")
 
 
 @contextlib.contextmanager
