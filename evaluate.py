@@ -8,6 +8,7 @@ records the first episode to a file (.gif, or .mp4 with imageio-ffmpeg installed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rlstruct.cli import report_errors
@@ -27,6 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.video:
+        # MuJoCo's default GL backend needs a display; EGL renders headless. Must be set before
+        # mujoco is imported.
+        os.environ.setdefault("MUJOCO_GL", "egl")
     with report_errors():
         result = evaluate_saved(
             args.path,

@@ -16,6 +16,16 @@ def _unwrap_envs(venv):
     return venv
 
 
+def _render(venv) -> Optional[np.ndarray]:
+    try:
+        return _unwrap_envs(venv).envs[0].render()
+    except Exception as exc:  # renderers fail in many library-specific ways; all mean the same
+        raise RLStructError(
+            f"cannot render the environment ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            "for MuJoCo set MUJOCO_GL=egl or osmesa, for classic control pip install 'gymnasium[classic-control]'"
+        ) from None
+
+
 def record_video(model, venv, path: str, deterministic: bool = True, max_steps: int = 1000) -> None:
     """Write one episode's frames (``render_mode="rgb_array"`` env) to ``path``."""
     try:
@@ -25,7 +35,7 @@ def record_video(model, venv, path: str, deterministic: bool = True, max_steps: 
     frames: List[np.ndarray] = []
     obs = venv.reset()
     for _ in range(max_steps):
-        frame = _unwrap_envs(venv).envs[0].render()
+        frame = _render(venv)
         if frame is not None:
             frames.append(frame)
         action, _ = model.predict(obs, deterministic=deterministic)

@@ -196,3 +196,19 @@ def test_projunn_optimizer_from_config(tmp_path):
 def test_unknown_optimizer(tmp_path):
     proc = run_cli("train.py", *FAST, "total_timesteps=100", f"out_dir={tmp_path}", "optimizer=adamw2")
     one_line_error(proc, "unknown optimizer 'adamw2'")
+
+
+def test_evaluate_records_a_video(tmp_path):
+    proc = run_cli("train.py", "env=hopper", "policy=kama", "total_timesteps=256", "progress_bar=false",
+                   "eval.freq=0", "eval.final_episodes=1", "checkpoint.freq=0", "algo.kwargs.n_steps=256",
+                   f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    video = tmp_path / "hopper.gif"
+    proc = run_cli("evaluate.py", str(run_dir), "--episodes", "1", "--video", str(video))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert video.stat().st_size > 10_000
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(video)
+    assert len(frames) > 5 and frames[0].ndim == 3
