@@ -7,6 +7,9 @@
 * :mod:`rlstruct.algos.rollout`: NumPy policies, episodes and observation statistics (what a
   worker runs; no torch).
 * :mod:`rlstruct.algos.backends`: local process pool and Ray workers.
+* :mod:`rlstruct.algos.distill`: fit a structured student to a trained teacher (DAgger, optional
+  PPO fine-tuning), same run folder as PPO.
+* :mod:`rlstruct.algos.settings`: typed trainer settings from the config's ``algo`` section.
 
 Nothing is imported here: worker processes import :mod:`rlstruct.algos.backends` and must not
 pay for torch.

@@ -27,7 +27,6 @@ budget. ``total_timesteps`` in the saved config is that budget; the fit's curves
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rlstruct.algos.settings import settings_from_values
 from rlstruct.errors import RLStructError
 
 _EVAL_SEED_OFFSET = 10_000
@@ -62,16 +62,8 @@ class DistillSettings:
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any]) -> "DistillSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in cfg["algo"].items() if k != "name"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RLStructError(
-                f"unknown distillation settings {unknown}; valid ones: {', '.join(sorted(known))}"
-            )
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return settings_from_values(cls, values, "distillation")
 
     def validate(self) -> None:
         if not self.teacher:

@@ -22,7 +22,6 @@ open it, and ``vecnormalize.pkl`` holds the ES observation statistics.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,7 @@ from rlstruct.algos.rollout import (
     check_spaces,
     run_task,
 )
+from rlstruct.algos.settings import settings_from_values
 from rlstruct.errors import RLStructError
 from rlstruct.layers import StructuredLinear
 
@@ -86,17 +86,9 @@ class ESSettings:
     def from_config(cls, cfg: Dict[str, Any]) -> "ESSettings":
         """Settings from a run config: ``algo`` overlaid by ``env.hyperparams.es`` (as for PPO)."""
         algo_cfg = cfg["algo"]
-        known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in algo_cfg.items() if k != "name"}
         values.update((cfg.get("env", {}).get("hyperparams") or {}).get("es") or {})
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RLStructError(
-                f"unknown ES settings {unknown}; valid ones: {', '.join(sorted(known))}"
-            )
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return settings_from_values(cls, values, "ES")
 
     def validate(self) -> None:
         def positive(name: str, value: Any, integer: bool = False) -> None:
