@@ -11,7 +11,7 @@ from torch import nn
 
 import rlstruct.policies  # noqa: F401  (registers the alias)
 from rlstruct.errors import RLStructError
-from rlstruct.layers import StructuredLinear
+from rlstruct.layers import StructuredLinear, available_structures
 from rlstruct.policies import StructuredActorCriticPolicy
 
 
@@ -60,14 +60,18 @@ def test_actor_and_critic_configured_separately():
     assert (ext.latent_dim_pi, ext.latent_dim_vf) == (16, 8)
 
 
-@pytest.mark.parametrize("structure", ["dense", "toeplitz", "kama"])
-def test_save_load_round_trip_gives_identical_actions(tmp_path, structure):
+@pytest.mark.parametrize("structure", available_structures())
+def test_every_structure_trains_and_round_trips(tmp_path, structure):
     env = hopper()
     model = PPO(
         "StructuredMlpPolicy", env, policy_kwargs=dict(structure=structure, layer_kwargs={}),
         n_steps=64, batch_size=32, n_epochs=1, seed=1, device="cpu",
     )
+    before = [p.detach().clone() for p in model.policy.mlp_extractor.parameters()]
     model.learn(64)
+    after = list(model.policy.mlp_extractor.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "PPO did not update the layers"
+    assert all(torch.isfinite(p).all() for p in after)
     model.save(tmp_path / "m.zip")
     loaded = PPO.load(tmp_path / "m.zip", device="cpu")  # no extra arguments
     assert isinstance(loaded.policy, StructuredActorCriticPolicy)
