@@ -33,9 +33,12 @@ FORMAT_VERSION = 1
 TENSORS_FILE = "policy.safetensors"
 META_FILE = "meta.json"
 ACTOR_PREFIXES = ("mlp_extractor.policy_net.", "action_net.", "log_std")
+#: the metadata keys a rollout needs (the rest is provenance).
+REQUIRED_META = ("env_id", "env", "policy", "structure")
 
 
 def is_compact_policy(folder: Path) -> bool:
+    """Whether ``folder`` holds both files of a compact policy (its contents are not checked)."""
     return (Path(folder) / META_FILE).is_file() and (Path(folder) / TENSORS_FILE).is_file()
 
 
@@ -66,7 +69,12 @@ def export_run(run_dir: Path, out_dir: Path, command: Optional[str] = None) -> D
         norm = None
     venv.close()
     metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    try:
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    except ValueError as exc:
+        raise RLStructError(
+            f"{metrics_path} is corrupt ({exc}); let the run finish or restore the file"
+        ) from None
     meta = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -95,12 +103,19 @@ def _read_meta(folder: Path) -> Dict[str, Any]:
         meta = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError) as exc:
         raise RLStructError(f"{folder / META_FILE} is corrupt ({exc}); re-export the policy") from None
-    if meta.get("format") != FORMAT:
-        raise RLStructError(f"{folder} is not an rlstruct compact policy (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise RLStructError(
+            f"{folder} is not an rlstruct compact policy (format {found!r}); export one with "
+            "python -m rlstruct.compact RUN_DIR OUT_DIR"
+        )
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise RLStructError(
             f"{folder} uses compact format v{meta['format_version']}; upgrade rlstruct to load it"
         )
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise RLStructError(f"{folder / META_FILE} lacks {missing}; re-export the policy")
     return meta
 
 
@@ -144,6 +159,11 @@ def load_compact_policy(
     policy.set_training_mode(False)
     if meta.get("normalization"):
         norm = meta["normalization"]
+        if "obs_rms.mean" not in tensors or "obs_rms.var" not in tensors:
+            raise RLStructError(
+                f"{folder} says it normalizes observations but {TENSORS_FILE} has no obs_rms "
+                "tensors; the files were mixed up: re-export"
+            )
         venv = VecNormalize(
             venv, training=False, norm_obs=True, norm_reward=False,
             clip_obs=norm["clip_obs"], epsilon=norm["epsilon"],

@@ -30,7 +30,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from rlstruct.cli import report_errors
+from rlstruct.errors import RLStructError
+
 GroupKey = Tuple[str, str, str, str]  # env, algo, structure, hidden
+#: what a finished run's metrics.json must hold for the table (older or hand-edited files may not).
+FINISHED_KEYS = ("env", "algo", "structure", "params", "final_eval")
 
 
 @dataclass
@@ -72,13 +77,20 @@ def find_runs(paths: Iterable[Path]) -> List[Run]:
     for root in paths:
         root = Path(root)
         if not root.exists():
-            raise SystemExit(f"error: {root} does not exist; pass run folders or sweep folders")
+            raise RLStructError(f"{root} does not exist; pass run folders or sweep folders")
         files = [root / "metrics.json"] if (root / "metrics.json").is_file() else sorted(root.rglob("metrics.json"))
         for path in files:
             try:
-                runs.append(Run(path.parent, json.loads(path.read_text())))
+                metrics = json.loads(path.read_text())
+                problem = None if isinstance(metrics, dict) else "not a JSON object"
             except (OSError, ValueError) as exc:
-                runs.append(Run(path.parent, {"status": f"unreadable metrics.json ({exc})", "env": "?", "algo": "?", "structure": "?"}))
+                problem = str(exc)
+            if problem is None and metrics.get("status") == "finished":
+                absent = [k for k in FINISHED_KEYS if k not in metrics]
+                problem = f"finished but lacks {absent}" if absent else None
+            if problem is not None:
+                metrics = {"status": f"unreadable metrics.json ({problem})", "env": "?", "algo": "?", "structure": "?"}
+            runs.append(Run(path.parent, metrics))
     return runs
 
 
@@ -314,7 +326,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
     parser.add_argument("--no-curves", action="store_true", help="skip the learning-curve plots")
     args = parser.parse_args(argv)
-    summary = make_report(args.paths, args.out, curves=not args.no_curves)
+    with report_errors():
+        summary = make_report(args.paths, args.out, curves=not args.no_curves)
     print(f"{summary['runs']} runs ({summary['finished']} finished) in {summary['groups']} groups")
     for row in summary["rows"]:
         print(f"  {row['env']:12s} {row['algo']:5s} {row['structure']:12s} h{row['hidden']:8s} "

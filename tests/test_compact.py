@@ -62,6 +62,37 @@ def test_corrupt_and_mismatched_files(pendulum_run, tmp_path):
         load_compact_policy(tmp_path / "q")
 
 
+
+def test_incomplete_metadata_and_missing_statistics(pendulum_run, tmp_path):
+    export_run(pendulum_run, tmp_path / "p")
+    meta_path = tmp_path / "p" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps([1, 2]))
+    with pytest.raises(RLStructError, match="not an rlstruct compact policy"):
+        load_compact_policy(tmp_path / "p")
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "env"}))
+    with pytest.raises(RLStructError, match=r"lacks \['env'\]"):
+        load_compact_policy(tmp_path / "p")
+    from safetensors.torch import load_file, save_file
+
+    tensors_path = tmp_path / "p" / "policy.safetensors"
+    meta_path.write_text(json.dumps(meta))
+    kept = {k: v for k, v in load_file(str(tensors_path)).items() if not k.startswith("obs_rms.")}
+    save_file(kept, str(tensors_path))
+    with pytest.raises(RLStructError, match="no obs_rms tensors"):
+        load_compact_policy(tmp_path / "p")
+
+
+def test_export_refuses_corrupt_metrics(pendulum_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(pendulum_run, run_dir)
+    (run_dir / "metrics.json").write_text("{not json")
+    with pytest.raises(RLStructError, match="metrics.json is corrupt"):
+        export_run(run_dir, tmp_path / "p")
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_policy_loads_and_rolls_out(folder):
     meta = json.loads((folder / "meta.json").read_text())

@@ -52,6 +52,22 @@ def test_report_groups_seeds_and_lists_unfinished(tmp_path):
     assert "python train.py policy=kama seed=0" in csv_text
 
 
-def test_report_cli_on_missing_folder(tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
+def test_report_cli_on_missing_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_broken_metrics_are_listed_not_fatal(tmp_path):
+    fake_run(tmp_path, "dense", 0, 1000.0, 10119)
+    broken = fake_run(tmp_path, "kama", 0, 500.0, 1543)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    del metrics["params"]
+    (broken / "metrics.json").write_text(json.dumps(metrics))
+    listed = fake_run(tmp_path, "toeplitz", 0, 500.0, 921)
+    (listed / "metrics.json").write_text("[1, 2]")
+    summary = make_report([tmp_path], tmp_path / "out", curves=False)
+    assert [r["structure"] for r in summary["rows"]] == ["dense"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "finished but lacks ['params']" in text and "not a JSON object" in text

@@ -110,7 +110,8 @@ class StructuredLinear(nn.Module):
 
         Policies call this where SB3 would orthogonally initialize an ``nn.Linear``. The default
         zeroes the bias and keeps the family's own initialization of ``W``; families that can
-        match an orthogonal matrix of norm ``gain`` (dense, KAMA) override it.
+        match an orthogonal matrix of norm ``gain`` (dense, KAMA, and the
+        :class:`~rlstruct.layers.common.ZooLinear` families such as hd3) override it.
         """
         if self.bias is not None:
             with torch.no_grad():
@@ -127,7 +128,8 @@ class StructuredLinear(nn.Module):
         )
 
     def uses_dense_path(self) -> bool:
-        return max(self.in_features, self.out_features) <= self.dense_threshold
+        """Whether a training forward (gradients on) builds ``W`` rather than applying the structure."""
+        return self._width <= self.dense_threshold
 
     def _weight_for_inference(self) -> torch.Tensor:
         # Without autograd the built matrix can be reused until a parameter is modified.
@@ -145,6 +147,7 @@ class StructuredLinear(nn.Module):
         return self._cached_weight
 
     def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`RLStructError` unless ``x`` has shape ``(..., in_features)``."""
         if x.shape[-1] != self.in_features:
             raise RLStructError(
                 f"{type(self).__name__} expects inputs with last dimension {self.in_features}, "
