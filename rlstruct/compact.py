@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -173,7 +173,8 @@ def load_compact_policy(
     return policy, venv, meta
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``python -m rlstruct.compact RUN_DIR OUT_DIR [--command ...]``."""
     from rlstruct.cli import report_errors
 
     parser = argparse.ArgumentParser(description="Export a finished run folder as a compact policy.")

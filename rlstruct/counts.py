@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
 
 def structure_counts(env_id: str, hidden: Sequence[int], structures: Sequence[str]) -> List[Dict]:
+    """One row per structure: ``parameter_counts()`` of its policy (actor, critic, total, dense)."""
     import gymnasium as gym
 
     from rlstruct.policies import StructuredActorCriticPolicy
@@ -31,7 +32,8 @@ def structure_counts(env_id: str, hidden: Sequence[int], structures: Sequence[st
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: print the parameter-count table as markdown."""
     from rlstruct.cli import report_errors
     from rlstruct.layers import available_structures
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,7 +26,7 @@ def _render(venv) -> Optional[np.ndarray]:
         ) from None
 
 
-def record_video(model, venv, path: str, deterministic: bool = True, max_steps: int = 1000) -> None:
+def record_video(model: Any, venv: Any, path: str, deterministic: bool = True, max_steps: int = 1000) -> None:
     """Write one episode's frames (``render_mode="rgb_array"`` env) to ``path``."""
     try:
         import imageio.v2 as imageio
@@ -64,26 +64,16 @@ def evaluate_saved(
     video: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate the policy saved at ``path``; returns mean, std, rewards, counts and metadata."""
-    from rlstruct.runner import evaluate_model, load_run
+    from rlstruct.runner import evaluate_model
 
     folder = Path(path)
     if not folder.exists():
         raise RLStructError(f"{folder} does not exist; pass a run folder or a policies/NAME folder")
-    from rlstruct import compact
-
-    if compact.is_compact_policy(folder):
-        model, venv, meta = compact.load_compact_policy(folder, seed=seed)
-        env_id, structure = meta["env_id"], meta["structure"]
-    else:
-        model, venv, cfg = load_run(folder, seed=seed)
-        env_id, structure = cfg["env"]["id"], cfg["policy"]["structure"]
+    model, venv, env_id, structure = _load_saved(folder, seed)
     rewards = evaluate_model(model, venv, episodes, deterministic)
     venv.close()
     if video:
-        if compact.is_compact_policy(folder):
-            model, rvenv, _ = compact.load_compact_policy(folder, seed=seed, render_mode="rgb_array")
-        else:
-            model, rvenv, _ = load_run(folder, seed=seed, render_mode="rgb_array")
+        model, rvenv, _, _ = _load_saved(folder, seed, render_mode="rgb_array")
         record_video(model, rvenv, video, deterministic)
         rvenv.close()
     return dict(
@@ -93,5 +83,17 @@ def evaluate_saved(
         std=float(np.std(rewards)),
         episodes=len(rewards),
         rewards=rewards,
-        params=(model.policy if hasattr(model, 'policy') else model).parameter_counts(),
+        params=(model.policy if hasattr(model, "policy") else model).parameter_counts(),
     )
+
+
+def _load_saved(folder: Path, seed: int, render_mode: Optional[str] = None) -> Tuple[Any, Any, str, str]:
+    """``(model or policy, eval env, env id, structure)`` of a compact policy or a run folder."""
+    from rlstruct import compact
+    from rlstruct.runner import load_run
+
+    if compact.is_compact_policy(folder):
+        policy, venv, meta = compact.load_compact_policy(folder, seed=seed, render_mode=render_mode)
+        return policy, venv, meta["env_id"], meta["structure"]
+    model, venv, cfg = load_run(folder, seed=seed, render_mode=render_mode)
+    return model, venv, cfg["env"]["id"], cfg["policy"]["structure"]

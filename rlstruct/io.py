@@ -42,10 +42,12 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (readers see the old or the new file)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON atomically (non-JSON values via ``str``)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -57,6 +59,7 @@ def save_sb3_model(model: Any, path: os.PathLike) -> None:
 
 
 def save_pickle_atomic(obj: Any, path: os.PathLike) -> None:
+    """Pickle ``obj`` to ``path`` atomically (e.g. ``VecNormalize`` statistics)."""
     import pickle
 
     atomic_write_bytes(path, pickle.dumps(obj))
@@ -114,6 +117,7 @@ def load_policy_weights(model: Any, path: os.PathLike) -> None:
 
 
 def load_pickle(path: os.PathLike, what: str) -> Any:
+    """Unpickle ``path``; a missing or damaged file raises :class:`RLStructError` naming ``what``."""
     import pickle
 
     path = Path(path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
-import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -103,9 +102,11 @@ class StructuredMlpExtractor(nn.Module):
         return self.forward_actor(features), self.forward_critic(features)
 
     def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        """Shape: ``(batch, features_dim) -> (batch, latent_dim_pi)``."""
         return self.policy_net(features)
 
     def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        """Shape: ``(batch, features_dim) -> (batch, latent_dim_vf)``."""
         return self.value_net(features)
 
 
@@ -180,6 +181,7 @@ class StructuredActorCriticPolicy(ActorCriticPolicy):
 
     @staticmethod
     def init_weights(module: nn.Module, gain: float = 1) -> None:
+        """SB3's orthogonal init, routed to :meth:`StructuredLinear.init_like_orthogonal` for our layers."""
         if isinstance(module, StructuredLinear):
             module.init_like_orthogonal(gain)
         else:

@@ -23,10 +23,9 @@ import argparse
 import csv
 import json
 import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,15 +39,19 @@ FINISHED_KEYS = ("env", "algo", "structure", "params", "final_eval")
 
 @dataclass
 class Run:
+    """One run folder and its parsed ``metrics.json``."""
+
     folder: Path
     metrics: Dict
 
     @property
     def finished(self) -> bool:
+        """Whether the run completed and recorded its final evaluation."""
         return self.metrics.get("status") == "finished" and "final_eval" in self.metrics
 
     @property
     def key(self) -> GroupKey:
+        """``(env, algo, structure, hidden)``; a distinct critic shows as ``actor/critic``."""
         m = self.metrics
         hidden = "-".join(str(h) for h in m.get("hidden") or []) or "none"
         structure = m["structure"]
@@ -59,15 +62,19 @@ class Run:
 
 @dataclass
 class Group:
+    """The finished runs (seeds) sharing one :data:`GroupKey`."""
+
     key: GroupKey
     runs: List[Run] = field(default_factory=list)
 
     @property
     def rewards(self) -> np.ndarray:
+        """Final mean reward of each run, shape ``(seeds,)``."""
         return np.array([r.metrics["final_eval"]["mean"] for r in self.runs], dtype=float)
 
     @property
     def params(self) -> Dict[str, int]:
+        """Parameter counts (identical across seeds; taken from the first run)."""
         return self.runs[0].metrics["params"]
 
 
@@ -103,7 +110,7 @@ def iqm(values: np.ndarray) -> float:
     return float(middle.mean())
 
 
-def bootstrap_ci(values: np.ndarray, stat=iqm, reps: int = 2000, seed: int = 0) -> Tuple[float, float]:
+def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float] = iqm, reps: int = 2000, seed: int = 0) -> Tuple[float, float]:
     """95% percentile bootstrap interval of ``stat`` over runs."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
@@ -114,6 +121,7 @@ def bootstrap_ci(values: np.ndarray, stat=iqm, reps: int = 2000, seed: int = 0) 
 
 
 def group_runs(runs: Sequence[Run]) -> List[Group]:
+    """Finished runs grouped by key, sorted by env, algo, then most parameters first."""
     groups: Dict[GroupKey, Group] = {}
     for run in runs:
         if run.finished:
@@ -135,6 +143,7 @@ COLUMNS = [
 
 
 def table_rows(groups: Sequence[Group]) -> List[Dict]:
+    """One row per group with the :data:`COLUMNS` of ``report.csv``."""
     rows = []
     for g in groups:
         env, algo, structure, hidden = g.key
@@ -161,6 +170,7 @@ def table_rows(groups: Sequence[Group]) -> List[Dict]:
 
 
 def write_table(rows: List[Dict], unfinished: List[Run], out: Path) -> None:
+    """Write ``report.csv`` and ``report.md`` (with the unfinished runs listed) into ``out``."""
     with open(out / "report.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
@@ -226,6 +236,7 @@ def _style(structure: str, index: int) -> Tuple[str, str]:
 
 
 def plot_pareto(groups: Sequence[Group], env: str, out: Path) -> Path:
+    """``pareto_<env>.png``: reward against total parameters, with the Pareto frontier."""
     fig, ax = _new_figure()
     subset = [g for g in groups if g.key[0] == env]
     labelled = set()
@@ -279,6 +290,7 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path, legend_si
 
 
 def plot_curves(groups: Sequence[Group], env: str, out: Path) -> Optional[Path]:
+    """``curves_<env>.png`` from the tensorboard logs; ``None`` when no run has a curve."""
     fig, ax = _new_figure()
     drawn = 0
     for i, g in enumerate(g for g in groups if g.key[0] == env):
@@ -304,6 +316,7 @@ def plot_curves(groups: Sequence[Group], env: str, out: Path) -> Optional[Path]:
 
 
 def make_report(paths: Sequence[Path], out: Path, curves: bool = True) -> Dict:
+    """Write the table and figures for the runs below ``paths``; returns a summary with the rows."""
     out.mkdir(parents=True, exist_ok=True)
     runs = find_runs(paths)
     groups = group_runs(runs)
@@ -320,7 +333,8 @@ def make_report(paths: Sequence[Path], out: Path, curves: bool = True) -> Dict:
     return dict(runs=len(runs), finished=len(runs) - len(unfinished), groups=len(groups), figures=figures, rows=rows)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``python -m rlstruct.report PATHS... [--out DIR] [--no-curves]``."""
     parser = argparse.ArgumentParser(description="Table and plots of reward against parameter count.")
     parser.add_argument("paths", nargs="+", type=Path, help="run folders or sweep folders")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")

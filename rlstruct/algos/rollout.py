@@ -180,6 +180,8 @@ class RolloutTask:
 
 @dataclass
 class RolloutResult:
+    """What a worker returns for one :class:`RolloutTask` (``index`` says which)."""
+
     index: int
     returns: List[float]  # with the alive bonus subtracted: what the update sees
     raw_returns: List[float]  # the environment's own rewards
