@@ -32,6 +32,8 @@ def record_video(model: Any, venv: Any, path: str, deterministic: bool = True, m
         import imageio.v2 as imageio
     except ImportError:
         raise RLStructError("recording a video needs imageio: pip install 'rlstruct[video]'") from None
+    if not Path(path).parent.is_dir():
+        raise RLStructError(f"cannot write video {path}: folder {Path(path).parent} does not exist; create it first")
     frames: List[np.ndarray] = []
     obs = venv.reset()
     for _ in range(max_steps):
@@ -50,7 +52,7 @@ def record_video(model: Any, venv: Any, path: str, deterministic: bool = True, m
             imageio.mimsave(path, frames, duration=1 / 30)
         else:
             imageio.mimsave(path, frames, fps=30)
-    except (ValueError, RuntimeError, ImportError) as exc:
+    except (ValueError, RuntimeError, ImportError, OSError) as exc:
         raise RLStructError(
             f"cannot write video {path} ({exc}); use a .gif file or pip install imageio-ffmpeg for .mp4"
         ) from None

@@ -106,3 +106,12 @@ def test_shipped_policy_loads_and_rolls_out(folder):
         assert venv.action_space.contains(action[0].astype(venv.action_space.dtype))
         obs, _, _, _ = venv.step(action)
     venv.close()
+
+
+def test_video_into_a_missing_folder_is_refused_before_rolling_out(tmp_path):
+    pytest.importorskip("imageio")
+    from rlstruct.evaluation import record_video
+
+    # model and env are never touched: the check comes first
+    with pytest.raises(RLStructError, match="does not exist; create it first"):
+        record_video(None, None, str(tmp_path / "missing" / "episode.gif"))
