@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rlstruct.errors import RLStructError
-from rlstruct.io import atomic_write_bytes, atomic_write_json
+from rlstruct.io import atomic_write_bytes, atomic_write_json, make_output_dir
 
 FORMAT = "rlstruct-compact-policy"
 FORMAT_VERSION = 1
@@ -56,7 +56,7 @@ def export_run(run_dir: Path, out_dir: Path, command: Optional[str] = None) -> D
 
     from rlstruct.runner import METRICS_FILE, load_run
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir = Path(run_dir)
     model, venv, cfg = load_run(run_dir)
     tensors = _actor_state(model.policy)
     from stable_baselines3.common.vec_env import VecNormalize
@@ -92,7 +92,7 @@ def export_run(run_dir: Path, out_dir: Path, command: Optional[str] = None) -> D
         command=command or metrics.get("command"),
         source_run=str(run_dir),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir, "compact policy")
     atomic_write_bytes(out_dir / TENSORS_FILE, save(tensors))
     atomic_write_json(out_dir / META_FILE, meta)
     return meta

@@ -20,6 +20,18 @@ from typing import Any, Optional, Type
 from rlstruct.errors import RLStructError
 
 
+def make_output_dir(path: os.PathLike, what: str) -> Path:
+    """Create the folder ``path`` (with parents) for ``what``; any failure is one line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way (FileExistsError, NotADirectoryError) or no permission
+        raise RLStructError(
+            f"cannot create the {what} folder {path} ({exc.strerror}); pass a writable folder path"
+        ) from None
+    return path
+
+
 def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (same-folder temp file, fsync, rename)."""
     path = Path(path)

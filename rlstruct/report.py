@@ -31,6 +31,7 @@ import numpy as np
 
 from rlstruct.cli import report_errors
 from rlstruct.errors import RLStructError
+from rlstruct.io import make_output_dir
 
 GroupKey = Tuple[str, str, str, str]  # env, algo, structure, hidden
 #: what a finished run's metrics.json must hold for the table (older or hand-edited files may not).
@@ -317,8 +318,8 @@ def plot_curves(groups: Sequence[Group], env: str, out: Path) -> Optional[Path]:
 
 def make_report(paths: Sequence[Path], out: Path, curves: bool = True) -> Dict:
     """Write the table and figures for the runs below ``paths``; returns a summary with the rows."""
-    out.mkdir(parents=True, exist_ok=True)
     runs = find_runs(paths)
+    make_output_dir(out, "report")
     groups = group_runs(runs)
     unfinished = [r for r in runs if not r.finished]
     rows = table_rows(groups)

@@ -115,3 +115,10 @@ def test_video_into_a_missing_folder_is_refused_before_rolling_out(tmp_path):
     # model and env are never touched: the check comes first
     with pytest.raises(RLStructError, match="does not exist; create it first"):
         record_video(None, None, str(tmp_path / "missing" / "episode.gif"))
+
+
+def test_export_into_a_file_is_refused(pendulum_run, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    with pytest.raises(RLStructError, match="cannot create the compact policy folder"):
+        export_run(pendulum_run, blocker)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlstruct.errors import RLStructError
 from rlstruct.report import bootstrap_ci, iqm, main, make_report
 
 
@@ -71,3 +72,11 @@ def test_broken_metrics_are_listed_not_fatal(tmp_path):
     assert [r["structure"] for r in summary["rows"]] == ["dense"]
     text = (tmp_path / "out" / "report.md").read_text()
     assert "finished but lacks ['params']" in text and "not a JSON object" in text
+
+
+def test_report_into_a_file_is_refused(tmp_path):
+    fake_run(tmp_path / "runs", "dense", 0, 1000.0, 10119)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    with pytest.raises(RLStructError, match="cannot create the report folder"):
+        make_report([tmp_path / "runs"], blocker / "out", curves=False)
