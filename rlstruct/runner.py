@@ -143,9 +143,11 @@ def optimizer_policy_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
     name = cfg.get("optimizer")
     if not name:
         return {}
-    from rlstruct.optim import get_optimizer
+    from rlstruct.optim import check_optimizer_kwargs, get_optimizer
 
-    return dict(optimizer_class=get_optimizer(name), optimizer_kwargs=dict(cfg.get("optimizer_kwargs") or {}))
+    kwargs = dict(cfg.get("optimizer_kwargs") or {})
+    check_optimizer_kwargs(name, kwargs)
+    return dict(optimizer_class=get_optimizer(name), optimizer_kwargs=kwargs)
 
 
 def algo_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:

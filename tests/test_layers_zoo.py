@@ -164,6 +164,15 @@ def test_parameter_counts(name, size):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+def test_parameters_flatten_to_one_vector(name):
+    """ES flattens a policy's parameters with flat views: every tensor must be contiguous."""
+    layer = build(name, 11, 7, dtype=torch.float32)
+    layer.reset_parameters()
+    vector = torch.nn.utils.parameters_to_vector(layer.parameters())
+    assert vector.numel() == layer.num_parameters()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
 def test_state_dict_round_trip(name):
     extra = {"mode": "random"} if name in ZOO else {}
     for kwargs in ({}, extra):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlstruct.errors import RLStructError
-from rlstruct.optim import OPTIMIZERS, ProjUNND, ProjUNNT, get_optimizer, mark_orthogonal
+from rlstruct.optim import OPTIMIZERS, ProjUNND, ProjUNNT, check_optimizer_kwargs, get_optimizer, mark_orthogonal
 from rlstruct.optim.projunn import ORTHOGONAL_ATTR, polar, skew
 
 METHODS = [ProjUNND, ProjUNNT]
@@ -153,6 +153,15 @@ def test_bad_options_raise():
     with pytest.raises(RLStructError, match="projunn_d"):
         get_optimizer("projunn")
     assert get_optimizer("ProjUNN_T") is ProjUNNT and set(OPTIMIZERS) >= {"projunn_d", "adam"}
+
+
+def test_optimizer_kwargs_typos_raise():
+    check_optimizer_kwargs("projunn_t", {"rank": 8, "lr": 1e-3})
+    check_optimizer_kwargs("adam", {"betas": (0.9, 0.99)})
+    with pytest.raises(RLStructError, match=r"has no options \['rnk'\].*accepted: lr, rank"):
+        check_optimizer_kwargs("projunn_t", {"rnk": 8})
+    with pytest.raises(RLStructError, match=r"'sgd' has no options \['betas'\]"):
+        check_optimizer_kwargs("sgd", {"betas": (0.9, 0.99)})
 
 
 def test_sb3_policy_trains_with_projunn():

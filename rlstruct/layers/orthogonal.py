@@ -28,7 +28,8 @@ ORTHOGONAL_ATTR = "_rlstruct_orthogonal"
 def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     """Haar-distributed ``(n, n)`` orthogonal matrix (QR of a Gaussian, signs fixed)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).float()
+    # QR returns q column-major; contiguous so flat views (parameters_to_vector in ES) work
+    return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).float().contiguous()
 
 
 @register("orthogonal")

@@ -7,6 +7,9 @@ projUNN optimizers (:mod:`rlstruct.optim.projunn`) keep parameters tagged
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, Dict
+
 import torch
 
 from rlstruct.errors import RLStructError
@@ -30,4 +33,20 @@ def get_optimizer(name: str) -> type[torch.optim.Optimizer]:
         ) from None
 
 
-__all__ = ["ORTHOGONAL_ATTR", "OPTIMIZERS", "ProjUNND", "ProjUNNT", "get_optimizer", "mark_orthogonal"]
+def check_optimizer_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
+    """Raise :class:`RLStructError` for options (``optimizer_kwargs``) that ``name`` does not take."""
+    parameters = inspect.signature(get_optimizer(name).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return  # takes anything: the optimizer itself must check
+    accepted = [p for p in parameters if p not in ("self", "params")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise RLStructError(
+            f"optimizer {name!r} has no options {unknown}; fix optimizer_kwargs (accepted: {', '.join(accepted)})"
+        )
+
+
+__all__ = [
+    "ORTHOGONAL_ATTR", "OPTIMIZERS", "ProjUNND", "ProjUNNT", "check_optimizer_kwargs", "get_optimizer",
+    "mark_orthogonal",
+]
