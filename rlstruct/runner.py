@@ -18,6 +18,7 @@ so nothing here imports Hydra.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import shutil
@@ -390,6 +391,37 @@ def open_run_dir(run_dir: Path, cfg: Dict[str, Any]) -> Optional[Checkpoint]:
     return checkpoint
 
 
+def check_run_settings(cfg: Dict[str, Any]) -> None:
+    """Fail before training, in one line, on counts that cannot work (``n_envs=0``, ...)."""
+    algo = cfg["algo"]["name"]
+    evaluation = cfg.get("eval") or {}
+    checks = [("eval.final_episodes", evaluation.get("final_episodes", 1))]
+    if evaluation.get("freq"):
+        checks.append(("eval.episodes", evaluation.get("episodes", 1)))
+    if algo != "distill":  # distillation sets its own budget (docs/distill.md)
+        checks.append(("total_timesteps", cfg.get("total_timesteps", 1)))
+    if algo not in OWN_TRAINERS:
+        checks.append(("n_envs", cfg.get("n_envs", 1)))
+    for key, value in checks:
+        # integral floats pass (total_timesteps=1e6 on the command line); the trainers int() them
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or not float(value).is_integer():
+            raise RLStructError(f"{key} must be a positive integer, got {value!r}; fix {key}")
+
+
+def check_algo_kwargs(cls: type, kwargs: Dict[str, Any], algo: str) -> None:
+    """Raise :class:`RLStructError` for settings the algorithm class does not take (config typos)."""
+    accepted = {
+        name for name in inspect.signature(cls.__init__).parameters
+        if not name.startswith("_") and name not in ("self", "policy", "env")
+    }
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise RLStructError(
+            f"{cls.__name__} has no settings {unknown}; fix algo.kwargs or env.hyperparams.{algo} "
+            f"(accepted: {', '.join(sorted(accepted))})"
+        )
+
+
 def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = None) -> Dict[str, Any]:
     """Train (or resume) the run described by ``cfg`` in ``run_dir``; returns ``metrics.json``.
 
@@ -398,6 +430,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(cfg.get("torch_threads", 1)))
+    check_run_settings(cfg)
     algo_name = cfg["algo"]["name"]
     if algo_name == "es":
         from rlstruct.algos.es import train_es  # ES has its own loop, same run layout
@@ -414,6 +447,7 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
     total = int(cfg["total_timesteps"])
     n_envs = int(cfg.get("n_envs", 1))
     kwargs = algo_kwargs(cfg)
+    check_algo_kwargs(cls, kwargs, algo_name)
     gamma = float(kwargs.get("gamma", 0.99))
     venv = make_vec_env(cfg["env"], n_envs, seed)
     eval_env = make_eval_env(cfg, seed + 10_000)

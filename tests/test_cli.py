@@ -115,6 +115,8 @@ def test_resume_with_another_structure_is_refused(trained_run, tmp_path):
     ("env.id=Hoper-v5", ("unknown gymnasium environment",)),
     ("algo.name=sac", ("unknown algo 'sac'",)),
     ("policy.hidden=[0]", ("positive integer",)),
+    ("n_envs=0", ("n_envs must be a positive integer",)),
+    ("+algo.kwargs.n_step=64", ("PPO has no settings ['n_step']", "n_steps")),
 ])
 def test_bad_config_values_give_one_line_errors(tmp_path, override, needles):
     proc = run_cli("train.py", *FAST, "total_timesteps=100", f"out_dir={tmp_path}", override)
@@ -212,3 +214,16 @@ def test_evaluate_records_a_video(tmp_path):
 
     frames = imageio.mimread(video)
     assert len(frames) > 5 and frames[0].ndim == 3
+
+
+def test_run_settings_are_checked_before_training():
+    from rlstruct.errors import RLStructError
+    from rlstruct.runner import check_run_settings
+
+    base = {"algo": {"name": "ppo"}, "total_timesteps": 1e6, "n_envs": 1, "eval": {"freq": 0, "final_episodes": 10}}
+    check_run_settings(base)  # an integral float budget is fine
+    with pytest.raises(RLStructError, match="eval.final_episodes must be a positive integer, got 0"):
+        check_run_settings({**base, "eval": {"freq": 0, "final_episodes": 0}})
+    with pytest.raises(RLStructError, match="total_timesteps must be a positive integer, got -5"):
+        check_run_settings({**base, "total_timesteps": -5})
+    check_run_settings({**base, "algo": {"name": "distill"}, "total_timesteps": 0})  # distill ignores it
