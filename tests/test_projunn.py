@@ -176,3 +176,23 @@ def test_sb3_policy_trains_with_projunn():
     hidden = model.policy.mlp_extractor.policy_net[2].weight.detach()  # 64 x 64
     assert hidden.shape == (64, 64) and _orthogonality_error(hidden) < 1e-5
     assert isinstance(model.policy.optimizer, ProjUNND)
+
+
+def test_polar_survives_an_svd_that_fails_to_converge(monkeypatch):
+    from rlstruct.optim.projunn import polar
+
+    def failing_svd(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing_svd)
+    m = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    q = polar(m)
+    torch.testing.assert_close(q.t() @ q, torch.eye(16), atol=1e-5, rtol=0)
+
+
+def test_polar_rejects_non_finite_input():
+    from rlstruct.errors import RLStructError
+    from rlstruct.optim.projunn import polar
+
+    with pytest.raises(RLStructError, match="not finite"):
+        polar(torch.full((4, 4), float("nan")))

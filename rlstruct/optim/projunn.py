@@ -62,9 +62,24 @@ def mark_orthogonal(param: torch.nn.Parameter, orthogonal: bool = True) -> torch
 
 
 def polar(m: torch.Tensor) -> torch.Tensor:
-    """``(N, N) -> (N, N)``: the orthogonal polar factor ``U V^T`` of ``m = U S V^T``."""
-    u, _, vh = torch.linalg.svd(m)
-    return u @ vh
+    """``(N, N) -> (N, N)``: the orthogonal polar factor ``U V^T`` of ``m = U S V^T``.
+
+    Computed in float64: LAPACK's divide-and-conquer SVD occasionally fails to converge on
+    float32 matrices met in training; the eigendecomposition of ``m^T m`` is the fallback.
+    """
+    if not torch.isfinite(m).all():
+        raise RLStructError(
+            "projUNN: the orthogonal weight or its gradient is not finite; lower the learning rate "
+            "(optimizer_kwargs.orthogonal_lr) or the rank"
+        )
+    m64 = m.double()
+    try:
+        u, _, vh = torch.linalg.svd(m64)
+        return (u @ vh).to(m.dtype)
+    except torch.linalg.LinAlgError:
+        evals, evecs = torch.linalg.eigh(m64.t() @ m64)
+        inv_sqrt = (evecs * evals.clamp_min(1e-30).rsqrt()) @ evecs.t()
+        return (m64 @ inv_sqrt).to(m.dtype)
 
 
 def skew(a: torch.Tensor) -> torch.Tensor:
