@@ -508,29 +508,46 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
         model, eval_env, int(eval_cfg.get("final_episodes", 10)), bool(eval_cfg.get("deterministic", True))
     )
     steps = int(model.num_timesteps)
-    metrics.update(
+    metrics.update(finished_fields(rewards, steps, elapsed, steps - start_steps, session_s,
+                                   bool(eval_cfg.get("deterministic", True))))
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    venv.close()
+    eval_env.close()
+    print_done(metrics)
+    return metrics
+
+
+def finished_fields(
+    rewards: List[float], steps: int, elapsed_s: float, session_steps: int, session_s: float,
+    deterministic: bool,
+) -> Dict[str, Any]:
+    """The ``metrics.json`` fields of a finished run (every trainer writes the same ones).
+
+    ``elapsed_s`` counts all sessions of a resumed run; steps per second are this session's.
+    """
+    return dict(
         status="finished",
-        steps=steps,
-        wall_time_s=round(elapsed, 2),
-        steps_per_s=round((steps - start_steps) / session_s, 1) if session_s > 0 else None,
+        steps=int(steps),
+        wall_time_s=round(elapsed_s, 2),
+        steps_per_s=round(session_steps / session_s, 1) if session_s > 0 else None,
         final_eval=dict(
             mean=float(np.mean(rewards)),
             std=float(np.std(rewards)),
             episodes=len(rewards),
-            deterministic=bool(eval_cfg.get("deterministic", True)),
-            rewards=rewards,
+            deterministic=deterministic,
+            rewards=[float(r) for r in rewards],
         ),
     )
-    atomic_write_json(run_dir / METRICS_FILE, metrics)
-    venv.close()
-    eval_env.close()
+
+
+def print_done(metrics: Dict[str, Any], detail: str = "") -> None:
+    """The console summary of a finished run."""
+    final = metrics["final_eval"]
     print(
-        f"[rlstruct] done: {steps} steps in {elapsed:.0f} s; final reward "
-        f"{metrics['final_eval']['mean']:.1f} +- {metrics['final_eval']['std']:.1f} "
-        f"over {len(rewards)} episodes",
+        f"[rlstruct] done: {metrics['steps']} steps{detail} in {metrics['wall_time_s']:.0f} s; final reward "
+        f"{final['mean']:.1f} +- {final['std']:.1f} over {final['episodes']} episodes",
         flush=True,
     )
-    return metrics
 
 
 def _base_metrics(cfg: Dict[str, Any], counts: Dict[str, int], command: Optional[str] = None) -> Dict[str, Any]:

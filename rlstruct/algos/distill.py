@@ -523,18 +523,8 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("final_episodes", 10)), deterministic)
     steps = int(model.num_timesteps)
     teacher_eval = (teacher.metrics or {}).get("final_eval")
+    metrics.update(rn.finished_fields(rewards, steps, elapsed, steps, elapsed, deterministic))
     metrics.update(
-        status="finished",
-        steps=steps,
-        wall_time_s=round(elapsed, 2),
-        steps_per_s=round(steps / elapsed, 1) if elapsed > 0 else None,
-        final_eval=dict(
-            mean=float(np.mean(rewards)),
-            std=float(np.std(rewards)),
-            episodes=len(rewards),
-            deterministic=deterministic,
-            rewards=rewards,
-        ),
         distill=dict(
             teacher=str(teacher.model_path),
             teacher_params=(teacher.metrics or {}).get("params"),
@@ -555,9 +545,5 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     venv.close()
     eval_env.close()
     logger.close()
-    print(
-        f"[rlstruct] done: {steps} steps in {elapsed:.0f} s; final reward "
-        f"{metrics['final_eval']['mean']:.1f} +- {metrics['final_eval']['std']:.1f} over {len(rewards)} episodes",
-        flush=True,
-    )
+    rn.print_done(metrics)
     return metrics

@@ -458,18 +458,9 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
     final_env = rn.make_eval_env(cfg, seed + _EVAL_SEED_OFFSET)
     rn.sync_normalization(vecnorm, final_env)
     rewards = rn.evaluate_model(model, final_env, int(eval_cfg.get("final_episodes", 10)), deterministic=True)
+    # an ES policy is its mean action: deterministic evaluation
+    metrics.update(rn.finished_fields(rewards, es.steps, elapsed, es.steps - start_steps, session_s, True))
     metrics.update(
-        status="finished",
-        steps=es.steps,
-        wall_time_s=round(elapsed, 2),
-        steps_per_s=round((es.steps - start_steps) / session_s, 1) if session_s > 0 else None,
-        final_eval=dict(
-            mean=float(np.mean(rewards)),
-            std=float(np.std(rewards)),
-            episodes=len(rewards),
-            deterministic=True,  # an ES policy is its mean action
-            rewards=rewards,
-        ),
         es=dict(
             iterations=es.iteration,
             episodes=es.episodes,
@@ -482,9 +473,5 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
     for env in (venv, final_env, eval_env):
         env.close()
     logger.close()
-    print(
-        f"[rlstruct] done: {es.steps} steps ({es.iteration} ES iterations) in {elapsed:.0f} s; "
-        f"final reward {metrics['final_eval']['mean']:.1f} +- {metrics['final_eval']['std']:.1f}",
-        flush=True,
-    )
+    rn.print_done(metrics, f" ({es.iteration} ES iterations)")
     return metrics
