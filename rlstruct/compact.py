@@ -173,19 +173,57 @@ def load_compact_policy(
     return policy, venv, meta
 
 
+def best_runs(sweep_dir: Path) -> Dict[Tuple[str, str], Path]:
+    """The finished run with the best final reward for each (env, structure) under ``sweep_dir``.
+
+    Only PPO/TRPO/ES/distill runs of one structure for actor and critic are considered; the
+    name of the compact policy is then ``<env>-<structure>``.
+    """
+    best: Dict[Tuple[str, str], Tuple[float, Path]] = {}
+    for path in sorted(Path(sweep_dir).rglob("metrics.json")):
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if metrics.get("status") != "finished" or "final_eval" not in metrics:
+            continue
+        key = (metrics["env"], metrics["structure"])
+        reward = float(metrics["final_eval"]["mean"])
+        if key not in best or reward > best[key][0]:
+            best[key] = (reward, path.parent)
+    return {key: folder for key, (_, folder) in best.items()}
+
+
+def _print_written(out_dir: Path, meta: Dict[str, Any]) -> None:
+    size = sum(p.stat().st_size for p in Path(out_dir).iterdir())
+    reward = meta.get("reward") or {}
+    print(
+        f"wrote {out_dir} ({size / 1024:.1f} KiB, {meta['params']['actor']} actor parameters, "
+        f"recorded reward {reward.get('mean', float('nan')):.1f} +- {reward.get('std', float('nan')):.1f})"
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: ``python -m rlstruct.compact RUN_DIR OUT_DIR [--command ...]``."""
+    """Command line: ``python -m rlstruct.compact RUN_DIR OUT_DIR`` or ``--best SWEEP_DIR OUT_DIR``."""
     from rlstruct.cli import report_errors
 
-    parser = argparse.ArgumentParser(description="Export a finished run folder as a compact policy.")
-    parser.add_argument("run_dir")
-    parser.add_argument("out_dir")
+    parser = argparse.ArgumentParser(description="Export finished runs as compact policies.")
+    parser.add_argument("run_dir", help="a run folder, or with --best a folder of runs")
+    parser.add_argument("out_dir", help="the compact policy folder, or with --best its parent")
     parser.add_argument("--command", help="the training command to record in meta.json")
+    parser.add_argument("--best", action="store_true",
+                        help="export the best finished run per (env, structure) as OUT_DIR/<env>-<structure>")
     args = parser.parse_args(argv)
     with report_errors():
-        meta = export_run(Path(args.run_dir), Path(args.out_dir), args.command)
-    size = sum(p.stat().st_size for p in Path(args.out_dir).iterdir())
-    print(f"wrote {args.out_dir} ({size / 1024:.1f} KiB, {meta['params']['actor']} actor parameters)")
+        if not args.best:
+            _print_written(Path(args.out_dir), export_run(Path(args.run_dir), Path(args.out_dir), args.command))
+            return 0
+        chosen = best_runs(Path(args.run_dir))
+        if not chosen:
+            raise RLStructError(f"no finished runs under {args.run_dir}; train some first")
+        for (env, structure), folder in sorted(chosen.items()):
+            out = Path(args.out_dir) / f"{env}-{structure}"
+            _print_written(out, export_run(folder, out))
     return 0
 
 

@@ -122,3 +122,24 @@ def test_export_into_a_file_is_refused(pendulum_run, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(RLStructError, match="cannot create the compact policy folder"):
         export_run(pendulum_run, blocker)
+
+
+def test_best_runs_picks_the_best_finished_seed(tmp_path):
+    from rlstruct.compact import best_runs
+
+    def run(name, structure, reward, status="finished"):
+        folder = tmp_path / name
+        folder.mkdir()
+        metrics = dict(env="hopper", structure=structure, status=status)
+        if status == "finished":
+            metrics["final_eval"] = dict(mean=reward, std=1.0)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        return folder
+
+    run("a", "kama", 100.0)
+    best = run("b", "kama", 300.0)
+    run("c", "kama", 900.0, status="running")  # unfinished runs are never shipped
+    dense = run("d", "dense", 50.0)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "metrics.json").write_text("{not json")
+    assert best_runs(tmp_path) == {("hopper", "kama"): best, ("hopper", "dense"): dense}
