@@ -1,0 +1,24 @@
+#!/bin/bash
+# The checks a GPU session runs, in one go: the CUDA kernel's tests on the device (the GPU tests
+# run instead of skipping), then benchmarks/givens_cuda.py. Results go to $OUT (default
+# results/gpu_checks). Uses the machine's python3 with torch and numba-cuda; wheels in .whl/ are
+# installed to /tmp/site first when numba-cuda is missing there.
+#     bash benchmarks/gpu_checks.sh
+set -o pipefail
+OUT=${OUT:-results/gpu_checks}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if ! python3 -c "import numba_cuda; from numba import cuda; assert cuda.is_available()" 2>/dev/null \
+   && [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+python3 - <<'PY'
+import numba, numba_cuda, torch
+from numba import cuda
+print("torch", torch.__version__, "numba", numba.__version__, "numba-cuda", numba_cuda.__version__,
+      "numba sees GPU:", cuda.is_available())
+PY
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_givens_cuda.py 2>&1 | tee "$OUT/gpu_tests.log"
+timeout 300 python3 benchmarks/givens_cuda.py --out "$OUT/givens_cuda.md" 2>&1 | tee "$OUT/givens_cuda.log"
