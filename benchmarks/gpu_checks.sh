@@ -2,15 +2,15 @@
 # The checks a GPU session runs, in one go: the CUDA kernel's tests on the device (the GPU tests
 # run instead of skipping), then benchmarks/givens_cuda.py. Results go to $OUT (default
 # results/gpu_checks). Uses the machine's python3 with torch and numba-cuda; wheels in .whl/ are
-# installed to /tmp/site first when numba-cuda is missing there.
+# installed to /tmp/site first: carry the numba-cuda and numpy that CI tests (numba-cuda 0.30 still
+# registers np.row_stack, which numpy 2.5 removed).
 #     bash benchmarks/gpu_checks.sh
 set -o pipefail
 OUT=${OUT:-results/gpu_checks}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-if ! python3 -c "import numba_cuda; from numba import cuda; assert cuda.is_available()" 2>/dev/null \
-   && [ -d .whl ]; then
+if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi

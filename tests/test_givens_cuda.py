@@ -286,9 +286,10 @@ def test_gpu_op_matches_reference(n, batch, with_scale):
     x, g, scale = torch.randn(batch, n, generator=gen), torch.randn(batch, n, generator=gen), torch.randn(n, generator=gen)
     results = []
     for device in ("cpu", "cuda"):
-        xs = x.to(device).requires_grad_()
-        angs = angles.to(device).requires_grad_()
-        scl = scale.to(device).requires_grad_() if with_scale else None
+        # copy=True: a leaf per device, never the shared CPU tensor itself
+        xs = x.to(device, copy=True).requires_grad_()
+        angs = angles.to(device, copy=True).requires_grad_()
+        scl = scale.to(device, copy=True).requires_grad_() if with_scale else None
         if device == "cuda":
             y = givens_cuda_op.givens_cuda(xs, pairs.to(device), angs, scl)
         else:
@@ -315,6 +316,6 @@ def test_gpu_kama_layer_and_compile_match_cpu():
     torch.testing.assert_close(gpu_layer(x.cuda()).cpu(), expected, rtol=1e-5, atol=1e-5)
     compiled = torch.compile(gpu_layer.apply_structured, fullgraph=True)
     torch.testing.assert_close(compiled(x.cuda()).cpu() + layer.bias.detach().cpu(), expected, rtol=1e-5, atol=1e-5)
-    torch.library.opcheck(
-        givens_cuda_op.givens_cuda, (x.cuda().requires_grad_(), layer.pairs, layer.angles.detach().cuda(), None)
-    )
+    # the op itself works on the padded width n of the pairs, not the layer's in_features
+    x_n = torch.randn(256, layer.pairs.shape[1], device="cuda", requires_grad=True)
+    torch.library.opcheck(givens_cuda_op.givens_cuda, (x_n, layer.pairs, layer.angles.detach().cuda(), None))

@@ -67,7 +67,9 @@ def _stream():
 def _arr(t: torch.Tensor):
     from numba import cuda
 
-    return cuda.as_cuda_array(t.contiguous())
+    # detach: torch refuses __cuda_array_interface__ on tensors that require grad, and the op's
+    # own autograd formula (not numba) owns the gradient.
+    return cuda.as_cuda_array(t.detach().contiguous())
 
 
 def _max_blocks(device: torch.device) -> int:
