@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +53,17 @@ class Run:
 
     @property
     def key(self) -> GroupKey:
-        """``(env, algo, structure, hidden)``; a distinct critic shows as ``actor/critic``."""
+        """``(env, algo, structure, hidden)``; a distinct critic shows as ``actor/critic`` and a
+        non-default optimizer as ``structure+optimizer`` (e.g. ``orthogonal+projunn_d``), so runs
+        that differ only in how they were trained are never averaged together."""
         m = self.metrics
         hidden = "-".join(str(h) for h in m.get("hidden") or []) or "none"
         structure = m["structure"]
         if m.get("critic_structure") and m["critic_structure"] != structure:
             structure = f"{structure}/{m['critic_structure']}"
+        optimizer = (m.get("config") or {}).get("optimizer")
+        if optimizer:
+            structure = f"{structure}+{optimizer}"
         return (m["env"], m["algo"], structure, hidden)
 
 
@@ -233,7 +239,7 @@ STYLE = {"dense": ("k", "*"), "kama": ("tab:blue", "o"), "toeplitz": ("tab:orang
 
 def _style(structure: str, index: int) -> Tuple[str, str]:
     palette = ["tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
-    return STYLE.get(structure.split("/")[0], (palette[index % len(palette)], "P"))
+    return STYLE.get(re.split(r"[/+]", structure)[0], (palette[index % len(palette)], "P"))
 
 
 def plot_pareto(groups: Sequence[Group], env: str, out: Path) -> Path:

@@ -13,13 +13,14 @@ from rlstruct.report import bootstrap_ci, iqm, main, make_report
 
 
 def fake_run(root: Path, structure: str, seed: int, reward: float, total: int, status: str = "finished",
-             env: str = "hopper", hidden=(64, 64)) -> Path:
-    folder = root / f"{env}-ppo-{structure}-s{seed}"
+             env: str = "hopper", hidden=(64, 64), optimizer=None) -> Path:
+    folder = root / f"{env}-ppo-{structure}{'-' + optimizer if optimizer else ''}-s{seed}"
     folder.mkdir(parents=True)
     metrics = dict(
         env=env, env_id="Hopper-v5", algo="ppo", structure=structure, critic_structure=structure,
         hidden=list(hidden), seed=seed, status=status, total_timesteps=1000, command=f"python train.py policy={structure} seed={seed}",
         params=dict(actor=total // 2, critic=total - total // 2, total=total, dense_actor=5126, dense_critic=4993, dense_total=10119),
+        config=dict(optimizer=optimizer),
     )
     if status == "finished":
         metrics.update(steps=1000, wall_time_s=10.0, final_eval=dict(mean=reward, std=1.0, episodes=10))
@@ -51,6 +52,14 @@ def test_report_groups_seeds_and_lists_unfinished(tmp_path):
     assert (out / "pareto_hopper.png").stat().st_size > 1000
     csv_text = (out / "report.csv").read_text()
     assert "python train.py policy=kama seed=0" in csv_text
+
+
+def test_report_keeps_optimizers_apart(tmp_path):
+    fake_run(tmp_path, "orthogonal", 0, 900.0, 5000)
+    fake_run(tmp_path, "orthogonal", 0, 1500.0, 5000, optimizer="projunn_d")
+    rows = {r["structure"]: r for r in make_report([tmp_path], tmp_path / "out")["rows"]}
+    assert rows["orthogonal"]["reward_mean"] == pytest.approx(900.0)
+    assert rows["orthogonal+projunn_d"]["reward_mean"] == pytest.approx(1500.0)
 
 
 def test_report_cli_on_missing_folder(tmp_path, capsys):
