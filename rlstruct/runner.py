@@ -402,6 +402,12 @@ def check_run_settings(cfg: Dict[str, Any]) -> None:
         checks.append(("total_timesteps", cfg.get("total_timesteps", 1)))
     if algo not in OWN_TRAINERS:
         checks.append(("n_envs", cfg.get("n_envs", 1)))
+    if algo == "es" and cfg.get("optimizer"):
+        # ES never computes gradients, so a gradient optimizer would be silently ignored
+        raise RLStructError(
+            f"optimizer={cfg['optimizer']} does not apply to algo=es, which steps with "
+            "algo.optimizer (sgd or adam); remove optimizer= or train with algo=ppo or algo=trpo"
+        )
     for key, value in checks:
         # integral floats pass (total_timesteps=1e6 on the command line); the trainers int() them
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or not float(value).is_integer():

@@ -227,3 +227,5 @@ def test_run_settings_are_checked_before_training():
     with pytest.raises(RLStructError, match="total_timesteps must be a positive integer, got -5"):
         check_run_settings({**base, "total_timesteps": -5})
     check_run_settings({**base, "algo": {"name": "distill"}, "total_timesteps": 0})  # distill ignores it
+    with pytest.raises(RLStructError, match="optimizer=projunn_d does not apply to algo=es"):
+        check_run_settings({**base, "algo": {"name": "es"}, "optimizer": "projunn_d"})
