@@ -1,5 +1,6 @@
 """projUNN optimizers: orthogonality kept, loss decreases, rank-N equals the full step, plain
-params get Adam/SGD exactly, bad options raise, and an SB3 policy trains with them."""
+params get Adam/SGD exactly, bad options raise, and an SB3 policy trains with them; the
+O(k N^2) low-rank polar factor and exponential equal the dense ones."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 
 from rlstruct.errors import RLStructError
 from rlstruct.optim import OPTIMIZERS, ProjUNND, ProjUNNT, check_optimizer_kwargs, get_optimizer, mark_orthogonal
-from rlstruct.optim.projunn import ORTHOGONAL_ATTR, polar, skew
+from rlstruct.optim import projunn
+from rlstruct.optim.projunn import ORTHOGONAL_ATTR, lowrank_polar_factors, lowrank_skew_expm, polar, skew
 
 METHODS = [ProjUNND, ProjUNNT]
 
@@ -33,10 +35,11 @@ def _loss(w, x, y):
 
 
 @pytest.mark.parametrize("opt_class", METHODS)
-def test_stays_orthogonal_float32_1000_steps(opt_class):
+@pytest.mark.parametrize("update", ["lowrank", "dense"])
+def test_stays_orthogonal_float32_1000_steps(opt_class, update):
     w0, _, x, y = _regression(24, torch.float32, seed=0)
     w = torch.nn.Parameter(w0.clone())
-    opt = opt_class([w], lr=0.05, rank=3)
+    opt = opt_class([w], lr=0.05, rank=3, update=update)
     for _ in range(1000):
         opt.zero_grad()
         _loss(w, x, y).backward()
@@ -148,6 +151,8 @@ def test_bad_options_raise():
         ProjUNNT([w], rank=1, base="rmsprop")
     with pytest.raises(RLStructError, match="lowrank"):
         ProjUNNT([w], rank=1, lowrank="lsi")
+    with pytest.raises(RLStructError, match=r"update='fast'; choose one of \('auto', 'lowrank', 'dense'\)"):
+        ProjUNND([w], rank=1, update="fast")
     with pytest.raises(RLStructError, match="square"):
         ProjUNND([torch.nn.Parameter(torch.ones(3, 4))], rank=1, orthogonal=True)
     with pytest.raises(RLStructError, match="projunn_d"):
@@ -196,3 +201,135 @@ def test_polar_rejects_non_finite_input():
 
     with pytest.raises(RLStructError, match="not finite"):
         polar(torch.full((4, 4), float("nan")))
+
+
+def _orthogonal(n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q.to(dtype)
+
+
+def _step_factors(n: int, k: int, dtype: torch.dtype, g: torch.Generator, norm: float):
+    """Random ``x, y`` ``(n, k)`` whose product has spectral norm ``norm``."""
+    x = torch.randn(n, k, generator=g, dtype=torch.float64)
+    y = torch.randn(n, k, generator=g, dtype=torch.float64)
+    x = x * (norm / torch.linalg.matrix_norm(x @ y.t(), ord=2))
+    return x.to(dtype), y.to(dtype)
+
+
+def _apply(w: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return w + (w @ q) @ d @ q.t()
+
+
+# Odd and even widths; k with 2k < N (a proper subspace) and 2k >= N (the subspace is all of R^N).
+SIZES = [(7, 1), (7, 2), (7, 5), (33, 1), (33, 4), (33, 16), (64, 3)]
+# float64: agreement to 1e-10; float32: to 8x its rounding unit (1.2e-7; observed <= 1.7e-7).
+TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-6}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n, k", SIZES)
+def test_lowrank_polar_equals_dense_polar(n, k, dtype):
+    g = torch.Generator().manual_seed(100 * n + k)
+    w = _orthogonal(n, dtype, g)
+    # Spectral norm 0.5 keeps the smallest singular value of W + x y^T >= 0.5 (well conditioned).
+    x, y = _step_factors(n, k, dtype, g, norm=0.5)
+    got = _apply(w, *lowrank_polar_factors(w.t() @ x, y))
+    want = polar((w + x @ y.t()).double())
+    assert got.dtype == dtype and got.shape == (n, n)
+    assert (got.double() - want).abs().max() < TOLERANCES[dtype]
+    q, _ = lowrank_polar_factors(w.t() @ x, y)
+    assert q.shape == (n, min(n, 2 * k))
+
+
+@pytest.mark.parametrize("n, k", [(7, 2), (33, 4)])
+def test_lowrank_polar_large_step_and_rank_deficient_factors(n, k):
+    g = torch.Generator().manual_seed(7)
+    w = _orthogonal(n, torch.float64, g)
+    x, y = _step_factors(n, k, torch.float64, g, norm=3.0)
+    assert torch.linalg.svdvals(w + x @ y.t()).min() > 1e-3  # far from the identity, still regular
+    got = _apply(w, *lowrank_polar_factors(w.t() @ x, y))
+    assert (got - polar(w + x @ y.t())).abs().max() < 1e-10
+    # x in the span of y (the basis has only k independent columns) and a zero step.
+    x = -0.3 * w @ y
+    got = _apply(w, *lowrank_polar_factors(w.t() @ x, y))
+    assert (got - polar(w + x @ y.t())).abs().max() < 1e-10
+    zero = torch.zeros(n, k, dtype=torch.float64)
+    assert (_apply(w, *lowrank_polar_factors(zero, y)) - w).abs().max() < 1e-14
+
+
+def test_lowrank_polar_of_singular_step_is_a_polar_factor():
+    # W + x y^T = W (I - u u^T) is singular: its polar factor is unique only off u, where it is W.
+    n = 9
+    g = torch.Generator().manual_seed(8)
+    w = _orthogonal(n, torch.float64, g)
+    u = torch.nn.functional.normalize(torch.randn(n, 1, generator=g, dtype=torch.float64), dim=0)
+    m = w - w @ u @ u.t()
+    got = _apply(w, *lowrank_polar_factors(-u, u))
+    assert _orthogonality_error(got) < 1e-12
+    # M = O H with H = (M^T M)^(1/2) = I - u u^T.
+    assert (got @ (torch.eye(n, dtype=torch.float64) - u @ u.t()) - m).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n, k", SIZES)
+def test_lowrank_skew_expm_equals_matrix_exp(n, k, dtype):
+    g = torch.Generator().manual_seed(200 * n + k)
+    x, y = _step_factors(n, k, dtype, g, norm=2.0)
+    q, d = lowrank_skew_expm(x, y)
+    got = torch.eye(n, dtype=dtype) + q @ d @ q.t()
+    a = (x @ y.t() - y @ x.t()).double()
+    want = torch.linalg.matrix_exp(a)
+    assert a.abs().max() > 0.1  # a rotation that really moves things
+    assert got.dtype == dtype and (got.double() - want).abs().max() < TOLERANCES[dtype]
+
+
+@pytest.mark.parametrize("opt_class", METHODS)
+@pytest.mark.parametrize("n, rank, lowrank", [(33, 2, "svd"), (33, 2, "randomized"), (7, 3, "svd"), (16, 16, "svd")])
+def test_lowrank_and_dense_updates_give_the_same_weights(opt_class, n, rank, lowrank):
+    w0, _, x, y = _regression(n, torch.float64, seed=9)
+    weights = {}
+    for update in ("lowrank", "dense"):
+        # Same seed for svd_lowrank's random start in both runs.
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(w0.clone())
+        opt = opt_class([w], lr=0.1, rank=rank, lowrank=lowrank, update=update)
+        for _ in range(5):
+            opt.zero_grad()
+            _loss(w, x, y).backward()
+            opt.step()
+        weights[update] = w.detach()
+    assert (weights["lowrank"] - w0).abs().max() > 1e-2  # the steps moved W
+    assert (weights["lowrank"] - weights["dense"]).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("opt_class, helper", [(ProjUNND, "lowrank_polar_factors"), (ProjUNNT, "lowrank_skew_expm")])
+@pytest.mark.parametrize("rank, update, expect_lowrank", [
+    (3, "auto", True), (8, "auto", False), (8, "lowrank", True), (3, "dense", False),
+])
+def test_update_option_selects_the_path(monkeypatch, opt_class, helper, rank, update, expect_lowrank):
+    calls = []
+    real = getattr(projunn, helper)
+    monkeypatch.setattr(projunn, helper, lambda *args: calls.append(1) or real(*args))
+    w0, _, x, y = _regression(16, torch.float64, seed=10)
+    w = torch.nn.Parameter(w0.clone())
+    opt = opt_class([w], lr=0.1, rank=rank, update=update)
+    _loss(w, x, y).backward()
+    opt.step()
+    assert bool(calls) is expect_lowrank
+
+
+@pytest.mark.parametrize("shape, rank", [((40, 40), 3), ((33, 20), 5), ((64, 64), 1)])
+def test_randomized_factors_match_truncated_svd(shape, rank):
+    g = torch.Generator().manual_seed(11)
+    m, n = shape
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    # A clear gap after the top `rank` singular values: the randomized top-k is then accurate.
+    s = torch.cat([torch.linspace(10, 5, rank), 1e-3 * torch.rand(min(m, n) - rank, generator=g)]).double()
+    grad = (u[:, : s.numel()] * s) @ v[:, : s.numel()].t()
+    torch.manual_seed(0)
+    a, b = projunn.low_rank_factors(grad, rank, "randomized")
+    exact_a, exact_b = projunn.low_rank_factors(grad, rank, "svd")
+    assert a.shape == (m, rank) and b.shape == (n, rank)
+    assert (a @ b.t() - exact_a @ exact_b.t()).abs().max() < 1e-5
+    assert (a @ b.t() - grad).abs().max() > 1e-5  # the small tail really was dropped
