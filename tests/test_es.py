@@ -206,12 +206,15 @@ def test_ray_backend_gives_the_local_result_even_when_an_actor_dies(reference_ru
     with make_backend("ray", env_spec_from_config(CARTPOLE, ESSettings()), 2) as backend:
         es = _es(backend)
         es.step()
+        # workers run at the driver's priority, not Ray's default nice 15 (starved when shared)
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in backend.worker_pids()} == {os.nice(0)}
         os.kill(backend.worker_pids()[0], signal.SIGKILL)
         with pytest.warns(RuntimeWarning, match="died"):
             es.step()
         es.step()
     assert es.steps == steps
     assert np.array_equal(es.theta, theta)
+    assert "RAY_worker_niceness" not in os.environ
 
 
 # ------------------------------------------------------------------------------------------------
