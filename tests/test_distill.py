@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import run_cli, tiny_config
-from rlstruct.algos.distill import DistillSettings, load_teacher, train_distill
+from rlstruct.algos.distill import BestPolicy, DistillSettings, load_teacher, train_distill
 from rlstruct.errors import RLStructError
 from rlstruct.runner import load_run, make_vec_env, policy_kwargs_from_config, train
 
@@ -124,7 +124,7 @@ def test_continuous_student_fits_the_teacher_means_with_the_teacher_statistics(t
 
 def test_dagger_and_fine_tuning_steps_add_up_and_continue_the_statistics(tmp_path, pendulum_teacher):
     cfg = _distill_config(tmp_path, "pendulum", "kama", pendulum_teacher, dagger_rounds=1, dagger_steps=500,
-                          finetune_steps=1024, epochs=5)
+                          finetune_steps=1024, epochs=5, finetune_keep_best=False)
     cfg["eval"]["freq"] = 1024
     metrics = train_distill(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -138,6 +138,70 @@ def test_dagger_and_fine_tuning_steps_add_up_and_continue_the_statistics(tmp_pat
     teacher = pickle.loads((pendulum_teacher / "vecnormalize.pkl").read_bytes()).obs_rms
     assert teacher.count + 1024 <= saved.count <= teacher.count + 1025  # fine-tuning steps (+ its reset)
     load_run(run)[1].close()
+    assert metrics["distill"]["finetune"] == dict(keep_best=False, last_step=4524, last_dir=None)
+    assert not (run / "last").exists()
+
+
+def _obs_count(folder: Path) -> float:
+    return pickle.loads((folder / "vecnormalize.pkl").read_bytes()).obs_rms.count
+
+
+def test_fine_tuning_ends_with_the_best_evaluated_policy_and_its_statistics(tmp_path, pendulum_teacher):
+    cfg = _distill_config(tmp_path, "pendulum", "kama", pendulum_teacher, finetune_steps=4096, epochs=5,
+                          finetune_kwargs={"n_steps": 512, "batch_size": 64})
+    cfg["eval"].update(freq=512, episodes=2)
+    metrics = train_distill(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+
+    rows = list(csv.DictReader(open(run / "evaluations.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(3000, 3000 + 4096 + 1, 512))
+    rewards = [float(r["mean_reward"]) for r in rows]
+    best = int(np.argmax(rewards))  # the first of equal maxima: a later tie does not replace it
+    finetune = metrics["distill"]["finetune"]
+    assert finetune["kept_step"] == int(rows[best]["step"]) and finetune["kept_eval_mean"] == rewards[best]
+    assert finetune["last_step"] == metrics["steps"] == 3000 + 4096
+    # the saved statistics are the kept policy's: the teacher's plus the fine-tuning steps before it (+ its reset)
+    teacher_count = _obs_count(pendulum_teacher)
+    kept_after = finetune["kept_step"] - 3000
+    assert teacher_count + kept_after <= _obs_count(run) <= teacher_count + kept_after + (kept_after > 0)
+    if finetune["kept_step"] == finetune["last_step"]:
+        assert finetune["last_dir"] is None and not (run / "last").exists()
+    else:  # the last iterate is a run folder of its own, with all the fine-tuning's statistics
+        assert Path(finetune["last_dir"]) == run / "last"
+        assert _obs_count(run / "last") == teacher_count + 4096 + 1
+        model, venv, _ = load_run(run / "last")
+        venv.close()
+
+
+def test_best_policy_restores_the_parameters_and_statistics_it_kept(tmp_path, pendulum_teacher):
+    from stable_baselines3 import PPO
+
+    from rlstruct.runner import attach_vecnormalize
+
+    venv = attach_vecnormalize(make_vec_env({"id": "Pendulum-v1"}, 1, 0), pendulum_teacher / "vecnormalize.pkl")
+    policy_cfg = tiny_config(tmp_path, env="pendulum", policy="kama")["policy"]
+    policy = PPO("StructuredMlpPolicy", venv, policy_kwargs=policy_kwargs_from_config(policy_cfg), seed=0).policy
+
+    def perturb():
+        with torch.no_grad():
+            for p in policy.parameters():
+                p.add_(1.0)
+        venv.obs_rms.update(np.ones((5, 3)))
+
+    best = BestPolicy.snapshot(-500.0, 100, policy, venv)
+    perturb()
+    assert not best.offer(-600.0, 200, policy, venv) and best.step == 100
+    assert best.offer(-400.0, 300, policy, venv) and (best.step, best.reward) == (300, -400.0)
+    kept = {k: v.clone() for k, v in policy.state_dict().items()}
+    kept_mean, kept_count = venv.obs_rms.mean.copy(), venv.obs_rms.count
+    perturb()
+    assert not torch.equal(policy.log_std, kept["log_std"])
+    best.restore(policy, venv)
+    for key, value in policy.state_dict().items():
+        assert torch.equal(value, kept[key]), key
+    np.testing.assert_array_equal(venv.obs_rms.mean, kept_mean)
+    assert venv.obs_rms.count == kept_count
+    venv.close()
 
 
 def test_bad_teachers_give_one_line_errors(tmp_path, cartpole_teacher):
@@ -160,6 +224,10 @@ def test_bad_teachers_give_one_line_errors(tmp_path, cartpole_teacher):
         DistillSettings.from_config({"algo": {"name": "distill", "teacher": "x", "epoch": 3}})
     with pytest.raises(RLStructError, match="holdout"):
         DistillSettings.from_config({"algo": {"name": "distill", "teacher": "x", "holdout": 1.5}})
+    cfg = _distill_config(tmp_path, "cartpole", "kama", cartpole_teacher, finetune_steps=512)
+    cfg["eval"]["freq"] = 0
+    with pytest.raises(RLStructError, match="eval.freq is 0; set eval.freq > 0 or algo.finetune_keep_best=false"):
+        train_distill(cfg, tmp_path / "nofreq")
 
 
 def test_train_py_reports_a_missing_teacher_in_one_line(tmp_path):

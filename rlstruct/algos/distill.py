@@ -13,14 +13,16 @@ The teacher is any saved SB3 actor-critic policy (a PPO/TRPO/ES run folder of ou
 4. optionally runs ``dagger_rounds`` rounds of DAgger: the student acts (deterministically) for
    ``dagger_steps`` steps, the teacher labels those states, the student is refit on everything;
 5. optionally fine-tunes the student with PPO for ``finetune_steps`` steps, continuing the
-   teacher's normalization statistics.
+   teacher's normalization statistics, and (``finetune_keep_best``) keeps the best-evaluated of
+   the distilled policy and the policies of the periodic evaluations (the last iterate, when it is
+   not that one, is saved in ``last/``, a run folder of its own).
 
 The student starts with the teacher's ``log_std`` (so fine-tuning explores as the teacher did)
 and keeps it fixed during the fit. The run folder is the one :mod:`rlstruct.runner` documents;
 ``model.zip`` is a PPO model holding the student, ``vecnormalize.pkl`` the teacher's statistics
-(or those after fine-tuning), and ``steps`` counts every environment step spent (teacher and
-DAgger rollouts + fine-tuning), so a distilled run compares with a from-scratch run of the same
-budget. ``total_timesteps`` in the saved config is that budget; the fit's curves are in
+(or those of the policy kept after fine-tuning), and ``steps`` counts every environment step
+spent (teacher and DAgger rollouts + fine-tuning), so a distilled run compares with a
+from-scratch run of the same budget. ``total_timesteps`` in the saved config is that budget; the fit's curves are in
 ``tb/`` under ``distill/`` (x axis: epochs), evaluations under ``eval/`` (x axis: steps).
 """
 
@@ -59,6 +61,7 @@ class DistillSettings:
     holdout: float = 0.1
     finetune_steps: int = 0
     finetune_kwargs: Dict[str, Any] = field(default_factory=dict)
+    finetune_keep_best: bool = True
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any]) -> "DistillSettings":
@@ -89,6 +92,11 @@ class DistillSettings:
                 name == "learning_rate" and value == 0
             ):
                 raise RLStructError(f"distillation {name} must be a positive number, got {value!r}; fix algo.{name}")
+        if not isinstance(self.finetune_keep_best, bool):
+            raise RLStructError(
+                f"distillation finetune_keep_best must be true or false, got {self.finetune_keep_best!r}; "
+                "fix algo.finetune_keep_best"
+            )
         if not 0 < self.holdout < 1:
             raise RLStructError(f"distillation holdout must be in (0, 1), got {self.holdout!r}; fix algo.holdout")
         if int(self.teacher_steps * self.holdout) < 1 or int(self.teacher_steps * (1 - self.holdout)) < 1:
@@ -385,6 +393,103 @@ def distill(model, teacher: Teacher, venv, settings: DistillSettings, seed: int,
 
 
 # ------------------------------------------------------------------------------------------------
+# fine-tuning: keep the best-evaluated policy
+@dataclass
+class BestPolicy:
+    """The best-evaluated policy so far: its evaluation, step, parameters and normalization statistics.
+
+    PPO fine-tuning moves the deterministic policy's reward up and down by whole modes on tasks
+    like Hopper (results/distill_hopper.md), so its last iterate can be worse than the distilled
+    policy it started from; this remembers the best one seen to restore it at the end.
+    """
+
+    reward: float
+    step: int
+    state: Dict[str, torch.Tensor]
+    obs_rms: Any = None
+    ret_rms: Any = None
+
+    @classmethod
+    def snapshot(cls, reward: float, step: int, policy, venv) -> "BestPolicy":
+        """A copy of ``policy``'s parameters and ``venv``'s statistics (if it normalizes), scored ``reward``."""
+        from stable_baselines3.common.vec_env import VecNormalize
+
+        state = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+        if isinstance(venv, VecNormalize):  # the policy acts on inputs normalized by these statistics
+            return cls(float(reward), int(step), state, venv.obs_rms.copy(), venv.ret_rms.copy())
+        return cls(float(reward), int(step), state)
+
+    def offer(self, reward: float, step: int, policy, venv) -> bool:
+        """Take ``policy`` (at ``step``, evaluated at ``reward``) if it beats the best so far; says whether."""
+        if reward <= self.reward:
+            return False
+        best = BestPolicy.snapshot(reward, step, policy, venv)
+        self.reward, self.step, self.state, self.obs_rms, self.ret_rms = (
+            best.reward, best.step, best.state, best.obs_rms, best.ret_rms
+        )
+        return True
+
+    def restore(self, policy, venv) -> None:
+        """Put the best parameters back into ``policy`` and its statistics into ``venv``."""
+        policy.load_state_dict(self.state)
+        if self.obs_rms is not None:
+            venv.obs_rms, venv.ret_rms = self.obs_rms.copy(), self.ret_rms.copy()
+
+
+def _keep_best_callback(run_dir: Path, best: BestPolicy):
+    """A callback offering ``best`` each policy the run's periodic evaluation has just scored.
+
+    It must come after :func:`rlstruct.runner._make_callback`'s callback in a ``CallbackList``:
+    that one appends a row to ``evaluations.csv`` at each evaluation, and the newest row scores
+    the current policy (read back rather than evaluating the policy a second time).
+    """
+    import csv
+
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from rlstruct import runner as rn
+
+    path = run_dir / rn.EVAL_FILE
+
+    class KeepBest(BaseCallback):
+        def _on_training_start(self) -> None:
+            self._rows = self._read()
+
+        def _read(self) -> List[Dict[str, str]]:
+            with open(path, newline="") as handle:
+                return list(csv.DictReader(handle))
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            rows = self._read()
+            if len(rows) > len(self._rows):
+                best.offer(float(rows[-1]["mean_reward"]), int(rows[-1]["step"]), self.model.policy, self.training_env)
+            self._rows = rows
+
+    return KeepBest()
+
+
+def _save_last_iterate(run_dir: Path, model, venv) -> Path:
+    """The last fine-tuning iterate as a run folder ``run_dir/last`` (``evaluate.py`` reads it)."""
+    import shutil
+
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from rlstruct import runner as rn
+    from rlstruct.io import save_pickle_atomic, save_sb3_model
+
+    last = run_dir / "last"
+    last.mkdir(exist_ok=True)
+    save_sb3_model(model, last / rn.MODEL_FILE)
+    if isinstance(venv, VecNormalize):
+        save_pickle_atomic(venv, last / rn.VECNORM_FILE)
+    shutil.copyfile(run_dir / rn.CONFIG_FILE, last / rn.CONFIG_FILE)
+    return last
+
+
+# ------------------------------------------------------------------------------------------------
 # the run folder (same layout as rlstruct.runner.train)
 def _open_run(run_dir: Path) -> None:
     from rlstruct import runner as rn
@@ -452,6 +557,7 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     Returns ``metrics.json`` (a PPO run's keys, plus ``distill``: teacher, data, losses and
     held-out agreement before and after the fit). See the module doc for the procedure.
     """
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -461,6 +567,11 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = DistillSettings.from_config(cfg)
+    if settings.finetune_steps and settings.finetune_keep_best and not int((cfg.get("eval") or {}).get("freq", 0) or 0):
+        raise RLStructError(
+            "algo.finetune_keep_best picks among the periodic evaluations, but eval.freq is 0; "
+            "set eval.freq > 0 or algo.finetune_keep_best=false"
+        )
     _open_run(run_dir)
     teacher = load_teacher(settings.teacher)
     seed = int(cfg["seed"])
@@ -504,16 +615,27 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     )
 
     # 5: PPO fine-tuning, continuing the teacher's statistics (no checkpoints: no resume).
+    finetune = None
     if settings.finetune_steps > 0:
         if isinstance(venv, VecNormalize):
             venv.training = True
         finetune_cfg = dict(cfg, checkpoint={"freq": 0})
+        callbacks = [rn._make_callback(run_dir, finetune_cfg, eval_env, clock)]
+        if settings.finetune_keep_best:  # the distilled policy is the first candidate
+            best = BestPolicy.snapshot(distilled_eval["mean"], model.num_timesteps, model.policy, venv)
+            callbacks.append(_keep_best_callback(run_dir, best))
         model.learn(
             total_timesteps=settings.finetune_steps,
-            callback=rn._make_callback(run_dir, finetune_cfg, eval_env, clock),
+            callback=CallbackList(callbacks),
             reset_num_timesteps=False,
             progress_bar=bool(cfg.get("progress_bar", True)),
         )
+        finetune = dict(keep_best=settings.finetune_keep_best, last_step=int(model.num_timesteps), last_dir=None)
+        if settings.finetune_keep_best:
+            finetune.update(kept_step=best.step, kept_eval_mean=best.reward)
+            if best.step != model.num_timesteps:
+                finetune["last_dir"] = str(_save_last_iterate(run_dir, model, venv))
+                best.restore(model.policy, venv)
     elapsed = rn.clock_elapsed(clock)
 
     save_sb3_model(model, run_dir / rn.MODEL_FILE)
@@ -539,6 +661,7 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
             holdout_before=fit.before,
             holdout_after=fit.after,
             distilled_eval=distilled_eval,
+            finetune=finetune,
         ),
     )
     atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
