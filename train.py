@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rlstruct.cli import register_resolvers, report_errors
+from rlstruct.cli import command_line_wins, register_resolvers, report_errors
 from rlstruct.runner import train
 
 register_resolvers()
@@ -23,7 +23,8 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     command = " ".join(["python train.py", *hydra_cfg.overrides.task])
     with report_errors():
-        train(OmegaConf.to_container(cfg, resolve=True), hydra_cfg.runtime.output_dir, command)
+        config = command_line_wins(OmegaConf.to_container(cfg, resolve=True), hydra_cfg.overrides.task)
+        train(config, hydra_cfg.runtime.output_dir, command)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,28 @@ def test_projunn_optimizer_from_config(tmp_path):
     assert isinstance(model.policy.optimizer, ProjUNND)
 
 
+def test_command_line_settings_beat_the_env_settings():
+    from rlstruct.cli import command_line_wins
+
+    def cfg(algo):
+        return {"algo": {"name": algo}, "env": {"hyperparams": {
+            "ppo": {"learning_rate": 1e-3, "n_steps": 256}, "es": {"alive_bonus": 1.0, "sigma": 0.1}}}}
+
+    ppo = command_line_wins(cfg("ppo"), ["env=cartpole", "algo.kwargs.learning_rate=5e-4", "seed=1"])
+    assert ppo["env"]["hyperparams"]["ppo"] == {"n_steps": 256}
+    es = command_line_wins(cfg("es"), ["algo=es", "+algo.alive_bonus=0.0", "env.hyperparams.es.sigma=0.2"])
+    assert es["env"]["hyperparams"]["es"] == {"sigma": 0.1}
+
+
+def test_command_line_learning_rate_reaches_the_model(tmp_path):
+    from stable_baselines3 import PPO
+
+    proc = run_cli("train.py", *FAST, "total_timesteps=256", f"hydra.run.dir={tmp_path / 'run'}",
+                   "algo.kwargs.learning_rate=0.0005")  # cartpole's env config says 1e-3
+    assert proc.returncode == 0, proc.stderr
+    assert PPO.load(tmp_path / "run" / "model.zip").learning_rate == 0.0005
+
+
 def test_unknown_optimizer(tmp_path):
     proc = run_cli("train.py", *FAST, "total_timesteps=100", f"out_dir={tmp_path}", "optimizer=adamw2")
     one_line_error(proc, "unknown optimizer 'adamw2'")
