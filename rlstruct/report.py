@@ -246,27 +246,31 @@ def plot_pareto(groups: Sequence[Group], env: str, out: Path) -> Path:
     """``pareto_<env>.png``: reward against total parameters, with the Pareto frontier."""
     fig, ax = _new_figure()
     subset = [g for g in groups if g.key[0] == env]
+    algos = [g.key[1] for g in subset]
+    main_algo = max(set(algos), key=algos.count)  # the frontier's algorithm; others drawn hollow
     labelled = set()
     for i, g in enumerate(subset):
         color, marker = _style(g.key[2], i)
-        label = f"{g.key[2]} ({g.key[1]})" if len({x.key[1] for x in subset}) > 1 else g.key[2]
+        label = f"{g.key[2]} ({g.key[1]})" if len(set(algos)) > 1 else g.key[2]
         ax.errorbar(
             g.params["total"], g.rewards.mean(), yerr=g.rewards.std(), fmt=marker, color=color,
             markersize=12 if g.key[2] == "dense" else 7, capsize=3,
+            markerfacecolor=color if g.key[1] == main_algo else "white",
             label=None if label in labelled else label,
         )
         ax.annotate(g.key[3], (g.params["total"], g.rewards.mean()), textcoords="offset points",
                     xytext=(5, 4), fontsize=7)
         labelled.add(label)
-    # Pareto frontier: best reward for at most this many parameters
-    pts = sorted((g.params["total"], g.rewards.mean()) for g in subset)
+    # Pareto frontier of the main algorithm: best reward for at most this many parameters
+    pts = sorted((g.params["total"], g.rewards.mean()) for g in subset if g.key[1] == main_algo)
     frontier, best = [], -np.inf
     for x, y in pts:
         if y > best:
             frontier.append((x, y))
             best = y
     if len(frontier) > 1:
-        ax.step(*zip(*frontier), where="post", color="0.6", lw=1, zorder=0, label="Pareto frontier")
+        ax.step(*zip(*frontier), where="post", color="0.6", lw=1, zorder=0,
+                label=f"Pareto frontier ({main_algo})" if len(set(algos)) > 1 else "Pareto frontier")
     ax.set_xscale("log")
     return _finish(fig, ax, "learned parameters (actor + critic, log scale)",
                    "final reward (mean +- std over seeds)", f"{env}: reward against parameter count",
