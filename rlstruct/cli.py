@@ -18,8 +18,11 @@ def register_resolvers() -> None:
             "join", lambda items: "-".join(str(i) for i in items) if items else "none"
         )
     if not OmegaConf.has_resolver("tag"):
-        # "-<value>" for a set option, "" for null: run names only grow when an option is used
-        OmegaConf.register_new_resolver("tag", lambda value: f"-{value}" if value else "")
+        # "-<value>" for a set option, "" for null or the default: run names only grow when an
+        # option is used (${tag:${optimizer}}, ${tag:${recipe.name},sb3})
+        OmegaConf.register_new_resolver(
+            "tag", lambda value, default=None: f"-{value}" if value and value != default else ""
+        )
 
 
 @contextlib.contextmanager

@@ -290,14 +290,17 @@ def sync_normalization(train_env, eval_env) -> None:
 # --------------------------------------------------------------------------------------------
 # training
 def append_evaluation(run_dir: Path, step: int, rewards: List[float], wall_s: float) -> None:
-    """Add one row (step, mean, std, episodes, wall time) to the run's ``evaluations.csv``."""
+    """Add one row (step, mean, population std, episodes, wall time, per-episode rewards) to ``evaluations.csv``."""
     path = Path(run_dir) / EVAL_FILE
     new = not path.exists()
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle)
         if new:
-            writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s"])
-        writer.writerow([step, float(np.mean(rewards)), float(np.std(rewards)), len(rewards), round(wall_s, 2)])
+            writer.writerow(["step", "mean_reward", "std_reward", "episodes", "wall_s", "rewards"])
+        writer.writerow([
+            step, float(np.mean(rewards)), float(np.std(rewards)), len(rewards), round(wall_s, 2),
+            " ".join(f"{r:.3f}" for r in rewards),
+        ])
 
 
 def _make_callback(run_dir: Path, cfg: Dict[str, Any], eval_env, clock: Dict[str, float]):
@@ -321,9 +324,11 @@ def _make_callback(run_dir: Path, cfg: Dict[str, Any], eval_env, clock: Dict[str
         def _on_step(self) -> bool:
             return True
 
-        def _on_rollout_end(self) -> None:
-            # At a rollout boundary the policy and normalization are in a consistent state: the
-            # checkpoint resumes exactly at the start of the next rollout.
+        def _on_rollout_start(self) -> None:
+            # SB3 starts a rollout right after the update on the previous one: the policy,
+            # optimizer and normalization then hold every step and every update so far, so a
+            # checkpoint written here resumes without losing the update (the last update of a
+            # run is saved as the final model).
             if self._next_eval is not None and self.num_timesteps >= self._next_eval:
                 self._next_eval += eval_freq
                 sync_normalization(self.training_env, eval_env)
@@ -367,28 +372,94 @@ def _check_resume_config(run_dir: Path, cfg: Dict[str, Any]) -> None:
             )
 
 
-def open_run_dir(run_dir: Path, cfg: Dict[str, Any]) -> Optional[Checkpoint]:
-    """The checkpoint to resume from (``None``: a fresh run, whose config is written now).
+class RunAlreadyFinished(Exception):
+    """``resume=true`` on a run that already reached its ``total_timesteps``: nothing to do."""
 
-    Refuses to overwrite a finished run, to continue a run without ``resume=true``, and to
-    resume a run whose env, algorithm or policy settings differ from ``cfg``.
+    def __init__(self, metrics: Dict[str, Any]):
+        super().__init__("run already finished")
+        self.metrics = metrics
+
+
+def read_metrics(run_dir: Path) -> Optional[Dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise RLStructError(f"{path} is corrupt ({exc}); delete it to restart the run") from exc
+
+
+def finished_start(run_dir: Path) -> Optional[Checkpoint]:
+    """A finished run's final model as a start point (its files use the checkpoint names)."""
+    metrics = read_metrics(run_dir)
+    if not (run_dir / MODEL_FILE).is_file() or not metrics or metrics.get("status") != "finished":
+        return None
+    return Checkpoint(Path(run_dir), int(metrics["steps"]), float(metrics.get("wall_time_s") or 0.0))
+
+
+def open_run_dir(run_dir: Path, cfg: Dict[str, Any]) -> Optional[Checkpoint]:
+    """The point to continue from (``None``: a fresh run, whose config is written now).
+
+    * no run in ``run_dir``: a fresh run;
+    * an unfinished run: continues from its latest checkpoint (needs ``resume=true``);
+    * a finished run with ``resume=true``: extends from its final model when ``total_timesteps``
+      is larger than its steps, else raises :class:`RunAlreadyFinished` (nothing to do);
+    * a finished run without ``resume=true``, or a run whose env, algorithm or policy settings
+      differ from ``cfg``: refused.
     """
-    checkpoint = latest_checkpoint(run_dir)
+    finished = finished_start(run_dir)
+    checkpoint = finished or latest_checkpoint(run_dir)
     if checkpoint is None and (run_dir / MODEL_FILE).exists():
         raise RLStructError(
-            f"{run_dir} already holds a finished run; choose another seed or out_dir "
-            "(or delete the folder to start over)"
+            f"{run_dir} holds a model.zip but no finished metrics.json or checkpoint; delete the "
+            "folder to start over, or choose another seed or out_dir"
         )
-    if checkpoint is not None and not cfg.get("resume", False):
-        raise RLStructError(
-            f"{run_dir} already holds a run (checkpoint at {checkpoint.steps} steps); pass "
-            "resume=true to continue it, or choose another seed or out_dir"
-        )
-    if checkpoint is not None:
-        _check_resume_config(run_dir, cfg)
-    else:
+    if checkpoint is None:
         atomic_write_text(run_dir / CONFIG_FILE, _yaml_dump(cfg))
+        return None
+    what = f"a finished run ({checkpoint.steps} steps)" if finished else f"a run (checkpoint at {checkpoint.steps} steps)"
+    if not cfg.get("resume", False):
+        raise RLStructError(
+            f"{run_dir} already holds {what}; pass resume=true to continue or extend it, or choose "
+            "another seed or out_dir"
+        )
+    _check_resume_config(run_dir, cfg)
+    if finished and checkpoint.steps >= int(cfg["total_timesteps"]):
+        raise RunAlreadyFinished(read_metrics(run_dir))
     return checkpoint
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` until the returned handle is closed (or the process dies).
+
+    A second writer into the same folder is refused in one line. The lock is an ``flock`` on
+    ``.lock``: the kernel drops it when its process exits, even on ``kill -9``, so a stale lock
+    never blocks a resume.
+    """
+    import fcntl
+
+    handle = open(Path(run_dir) / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RLStructError(
+            f"{run_dir} is being written by {owner}; wait for it to finish, or choose another "
+            "seed or out_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """A finished run keeps its final model only: checkpoints exist while a run is unfinished."""
+    shutil.rmtree(Path(run_dir) / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def check_run_settings(cfg: Dict[str, Any]) -> None:
@@ -437,6 +508,27 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(int(cfg.get("torch_threads", 1)))
     check_run_settings(cfg)
+    check_recipe(cfg)
+    with lock_run_dir(run_dir):
+        try:
+            return _train_locked(cfg, run_dir, command)
+        except RunAlreadyFinished as done:
+            print(f"[rlstruct] {run_dir} already finished at {done.metrics['steps']} steps; nothing to do", flush=True)
+            return done.metrics
+
+
+def check_recipe(cfg: Dict[str, Any]) -> None:
+    """A named recipe (``recipe=zoo``) must have settings for this env and algorithm."""
+    recipe = cfg.get("recipe") or {}
+    if recipe.get("name", "sb3") != "sb3" and recipe.get("applied") is None:
+        raise RLStructError(
+            f"recipe={recipe['name']} has no settings for env={cfg['env']['name']} "
+            f"algo={cfg['algo']['name']} (conf/tuned/{recipe['name']}_{cfg['env']['name']}_"
+            f"{cfg['algo']['name']}.yaml is missing); use recipe=sb3 or another env/algo"
+        )
+
+
+def _train_locked(cfg: Dict[str, Any], run_dir: Path, command: Optional[str]) -> Dict[str, Any]:
     algo_name = cfg["algo"]["name"]
     if algo_name == "es":
         from rlstruct.algos.es import train_es  # ES has its own loop, same run layout
@@ -456,12 +548,16 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
     check_algo_kwargs(cls, kwargs, algo_name)
     gamma = float(kwargs.get("gamma", 0.99))
     venv = make_vec_env(cfg["env"], n_envs, seed)
-    eval_env = make_eval_env(cfg, seed + 10_000)
+    eval_env = make_eval_env(cfg, eval_seed(cfg))
 
     if checkpoint is not None:
         venv = attach_vecnormalize(venv, checkpoint.folder / VECNORM_FILE)
         model = load_sb3_model(cls, checkpoint.folder / MODEL_FILE, env=venv, device=cfg.get("device", "cpu"))
         before = checkpoint.elapsed_s
+        if checkpoint.folder == run_dir:
+            # extending a finished run: its final model becomes a checkpoint before metrics.json
+            # says "running", so a kill from here on still finds a point to resume from
+            write_checkpoint(run_dir, model, venv, before, int((cfg.get("checkpoint") or {}).get("keep", 2)))
     else:
         venv = wrap_normalize(venv, cfg["env"], gamma)
         model = cls(
@@ -517,10 +613,17 @@ def train(cfg: Dict[str, Any], run_dir: os.PathLike, command: Optional[str] = No
     metrics.update(finished_fields(rewards, steps, elapsed, steps - start_steps, session_s,
                                    bool(eval_cfg.get("deterministic", True))))
     atomic_write_json(run_dir / METRICS_FILE, metrics)
+    drop_checkpoints(run_dir)
     venv.close()
     eval_env.close()
     print_done(metrics)
     return metrics
+
+
+def eval_seed(cfg: Dict[str, Any]) -> int:
+    """Seed of the evaluation env: ``eval.seed`` (one episode set for every run), else seed + 10000."""
+    value = (cfg.get("eval") or {}).get("seed")
+    return int(value) if value is not None else int(cfg["seed"]) + 10_000
 
 
 def finished_fields(
