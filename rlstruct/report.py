@@ -46,8 +46,9 @@ from rlstruct.io import make_output_dir
 
 #: (env, algo, recipe, total_timesteps): runs of one family are comparable with each other.
 FamilyKey = Tuple[str, str, str, int]
-#: family + (structure label, hidden label, actor learning rate): the runs (seeds) of one row.
-GroupKey = Tuple[str, str, str, int, str, str, str]
+#: family + (structure label, hidden label, actor learning rate, training settings as JSON): the
+#: runs (seeds) of one row.
+GroupKey = Tuple[str, str, str, int, str, str, str, str]
 #: what a finished run's metrics.json must hold to enter a table.
 FINISHED_KEYS = ("env", "algo", "structure", "params", "final_eval")
 #: fewer seeds than this and a bootstrap interval is not printed (``n<3``).
@@ -55,6 +56,18 @@ MIN_SEEDS_FOR_CI = 3
 NO_CI = "n<3"
 OUTSIDE = "outside frontier"
 DEFAULT_RECIPE = "sb3"
+#: config.algo keys that say where a run executed, not how it trained (never split groups).
+EXECUTION_KEYS = ("n_workers", "backend", "ray_address", "start_method", "device")
+
+
+def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(value, dict):
+        return {prefix.rstrip("."): value} if prefix else {}
+    flat: Dict[str, Any] = {}
+    for k, v in value.items():
+        flat.update(_flatten(v, f"{prefix}{k}."))
+    return flat
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,6 +130,15 @@ class Run:
         return label
 
     @property
+    def settings(self) -> Dict[str, Any]:
+        """How the run trained beyond its structure: the algorithm's settings (less where it
+        executed), the optimizer's kwargs, the layers' kwargs and the activation, flattened."""
+        algo = {k: v for k, v in (self.config.get("algo") or {}).items() if k not in EXECUTION_KEYS}
+        policy = self.config.get("policy") or {}
+        return _flatten(dict(algo=algo, optimizer_kwargs=self.config.get("optimizer_kwargs") or {},
+                             layer_kwargs=policy.get("layer_kwargs") or {}, activation=policy.get("activation")))
+
+    @property
     def family(self) -> FamilyKey:
         """``(env, algo, recipe, total_timesteps)``."""
         m = self.metrics
@@ -124,8 +146,9 @@ class Run:
 
     @property
     def key(self) -> GroupKey:
-        """The family plus structure label, hidden label and learning rate."""
-        return self.family + (self.structure_label, self.hidden_label, self.learning_rate)
+        """The family plus structure label, hidden label, learning rate and :attr:`settings`."""
+        settings = json.dumps(self.settings, sort_keys=True, default=str)
+        return self.family + (self.structure_label, self.hidden_label, self.learning_rate, settings)
 
     @property
     def score(self) -> float:
@@ -309,6 +332,9 @@ class Group:
 
     key: GroupKey
     runs: List[Run] = field(default_factory=list)
+    #: the settings that tell this group from another with the same structure, hidden sizes and
+    #: learning rate (``algo.sampling=gaussian``); empty when no other group shares those.
+    variant: str = ""
 
     @property
     def family(self) -> FamilyKey:
@@ -347,8 +373,9 @@ class Group:
 
     @property
     def label(self) -> str:
-        """``structure hidden`` (with ``lr=`` appended when given), for text and legends."""
-        return f"{self.structure} {self.hidden}" + (f" lr={self.learning_rate}" if self.learning_rate != "-" else "")
+        """``structure hidden`` (with ``lr=`` and the variant appended when given), for text."""
+        return (f"{self.structure} {self.hidden}" + (f" lr={self.learning_rate}" if self.learning_rate != "-" else "")
+                + (f" [{self.variant}]" if self.variant else ""))
 
 
 def group_runs(runs: Sequence[Run]) -> List[Group]:
@@ -357,6 +384,17 @@ def group_runs(runs: Sequence[Run]) -> List[Group]:
     for run in runs:
         if run.finished:
             groups.setdefault(run.key, Group(run.key)).runs.append(run)
+    twins: Dict[Tuple, List[Group]] = {}
+    for g in groups.values():
+        twins.setdefault(g.key[:7], []).append(g)
+    for siblings in twins.values():
+        if len(siblings) > 1:
+            all_settings = [json.loads(g.key[7]) for g in siblings]
+            differing = sorted({k for st in all_settings for k in st
+                                if len({json.dumps(o.get(k), default=str) for o in all_settings}) > 1})
+            for g, st in zip(siblings, all_settings):
+                g.variant = ", ".join(f"{k.split('.', 1)[-1] if k.startswith('algo.') else k}={st.get(k)}"
+                                      for k in differing)
     return sorted(groups.values(), key=lambda g: (g.family, -g.params["total"], not g.is_dense, g.key[4:]))
 
 
@@ -368,7 +406,7 @@ def family_label(family: FamilyKey) -> str:
 
 #: the columns of report.csv, in order.
 COLUMNS = [
-    "env", "algo", "recipe", "total_timesteps", "structure", "hidden", "learning_rate",
+    "env", "algo", "recipe", "total_timesteps", "structure", "variant", "hidden", "learning_rate",
     "params_actor", "params_critic", "params_total", "reference_dense", "compression", "seeds",
     "reward_mean", "reward_sd_ddof1", "reward_iqm", "iqm_ci_low", "iqm_ci_high",
     "pct_of_ref_dense_iqm", "pct_ci_low", "pct_ci_high", "prob_improvement", "poi_ci_low", "poi_ci_high",
@@ -415,7 +453,7 @@ def table_rows(groups: Sequence[Group], reps: int = 2000, seed: int = 0) -> List
         few = len(scores) < MIN_SEEDS_FOR_CI or (ref is not None and len(ref.scores) < MIN_SEEDS_FOR_CI)
         env, algo, recipe, steps = g.family
         rows.append(dict(
-            env=env, algo=algo, recipe=recipe, total_timesteps=steps, structure=g.structure,
+            env=env, algo=algo, recipe=recipe, total_timesteps=steps, structure=g.structure, variant=g.variant,
             hidden=g.hidden, learning_rate=g.learning_rate,
             params_actor=g.params["actor"], params_critic=g.params["critic"], params_total=g.params["total"],
             reference_dense=ref.label if ref is not None else "",
@@ -486,7 +524,8 @@ TABLE_HEADER = (
 def _table_line(r: Dict[str, Any]) -> str:
     sd = "n=1" if math.isnan(r["reward_sd_ddof1"]) else _num(r["reward_sd_ddof1"])
     poi = "ref" if r["_is_reference"] else _interval(r["prob_improvement"], r["poi_ci_low"], r["poi_ci_high"], 2)
-    structure = f"**{r['structure']}** (ref)" if r["_is_reference"] else r["structure"]
+    structure = r["structure"] + (f" [{r['variant']}]" if r["variant"] else "")
+    structure = f"**{structure}** (ref)" if r["_is_reference"] else structure
     pct = ("100% (ref)" if r["_is_reference"]
            else _interval(r["pct_of_ref_dense_iqm"], r["pct_ci_low"], r["pct_ci_high"], suffix="%"))
     return (
@@ -515,9 +554,10 @@ def _headline_line(env: str, family: FamilyKey, rows: Sequence[Dict[str, Any]]) 
     what = ("smallest structured row at >= 100% of the reference dense IQM" if best["_reaches"]
             else "no structured row reaches 100% of the reference dense IQM; the best fraction")
     pct = _interval(best["pct_of_ref_dense_iqm"], best["pct_ci_low"], best["pct_ci_high"], suffix="%")
-    seeds = f"{best['seeds']} seeds" + (" (n<3: no CI)" if best["seeds"] < MIN_SEEDS_FOR_CI else "")
+    seeds = (f"{best['seeds']} seeds (reference: {ref['seeds']})"
+             + (" (n<3 on one side: no CI)" if best["ci_note"] else ""))
     return (
-        f"- {where}, {ref_text}: {what}: **{best['structure']} {best['hidden']}** (lr {best['learning_rate']}), "
+        f"- {where}, {ref_text}: {what}: **{best['_group'].label}**, "
         f"{best['params_total']:,} params = **{best['compression']:.1f}x compression**, "
         f"IQM {_interval(best['reward_iqm'], best['iqm_ci_low'], best['iqm_ci_high'])} = "
         f"**{pct} of dense** (IQM ratio [95% CI]), {gain}, {seeds}."
@@ -654,7 +694,8 @@ def plot_pareto(rows: Sequence[Dict[str, Any]], env: str, out: Path) -> Path:
             yerr = None
             if not math.isnan(r["iqm_ci_low"]):
                 yerr = [[y - r["iqm_ci_low"]], [r["iqm_ci_high"] - y]]
-            label = r["structure"] if filled else f"{r['structure']} ({tag})"
+            name = r["structure"] + (f" [{r['variant']}]" if r["variant"] else "")
+            label = name if filled else f"{name} ({tag})"
             x = r["params_total"] * dodge[id(r)]
             ax.errorbar(x, y, yerr=yerr, fmt=marker, color=color, capsize=3, zorder=2,
                         markersize=13 if r["_is_dense"] else 8, alpha=0.9, elinewidth=1,
@@ -719,7 +760,8 @@ def plot_curves(groups: Sequence[Group], env: str, out: Path) -> Optional[Path]:
         lrs = {g.learning_rate for g, _, _ in lines}
         for g, grid, values in lines:
             color, _ = _style(g.structure, others)
-            label = g.structure + (f" lr={g.learning_rate}" if len(lrs) > 1 else "") + f" (n={len(values)})"
+            label = (g.structure + (f" lr={g.learning_rate}" if len(lrs) > 1 else "")
+                     + (f" [{g.variant}]" if g.variant else "") + f" (n={len(values)})")
             mean = values.mean(0)
             ax.plot(grid, mean, color=color, lw=1.8 if g.is_dense else 1.3, label=label,
                     ls="-" if g.is_dense or "+" not in g.structure else "--")
@@ -792,7 +834,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               command=f"python -m rlstruct.report {argv_text}")
     print(f"{summary['runs']} runs ({summary['finished']} finished) in {summary['groups']} groups")
     for r in summary["rows"]:
-        print(f"  {r['env']:12s} {r['algo']:5s} {r['recipe']:4s} {r['total_timesteps']:>9,} {r['structure']:22s} "
+        name = r["structure"] + (f" [{r['variant']}]" if r["variant"] else "")
+        print(f"  {r['env']:12s} {r['algo']:5s} {r['recipe']:4s} {r['total_timesteps']:>10,} {name:22s} "
               f"h{r['hidden']:8s} params {r['params_total']:>7,}  IQM {r['reward_iqm']:8.1f}  "
               f"{_num(r['pct_of_ref_dense_iqm'])}% of ref dense ({r['seeds']} seeds)")
     print(f"wrote {args.out / 'report.md'}, {args.out / 'report.csv'} and {len(summary['figures'])} figures")

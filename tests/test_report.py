@@ -22,13 +22,15 @@ REPS = 200  # bootstrap resamples: enough for the tests, fast
 def fake_run(root: Path, structure: str, seed: int, rewards: Sequence[float], total: int, *,
              status: str = "finished", env: str = "hopper", algo: str = "ppo", hidden=(64, 64),
              optimizer: Optional[str] = None, lr: float = 3e-4, recipe: Optional[str] = None,
-             total_timesteps: int = 1000, old_csv: bool = False, name: Optional[str] = None) -> Path:
+             total_timesteps: int = 1000, old_csv: bool = False, name: Optional[str] = None,
+             algo_settings: Optional[dict] = None) -> Path:
     """A run folder as train.py writes it: metrics.json, evaluations.csv, config.yaml."""
     folder = root / (name or f"{env}-{algo}-{structure}-h{'-'.join(map(str, hidden))}-lr{lr:g}"
                      f"{'-' + optimizer if optimizer else ''}{'-' + recipe if recipe else ''}"
-                     f"-t{total_timesteps}-s{seed}")
+                     f"-t{total_timesteps}{'-' + '-'.join(map(str, algo_settings.values())) if algo_settings else ''}"
+                     f"-s{seed}")
     folder.mkdir(parents=True)
-    config = dict(algo=dict(name=algo, kwargs=dict(learning_rate=lr)), optimizer=optimizer,
+    config = dict(algo=dict(name=algo, kwargs=dict(learning_rate=lr), **(algo_settings or {})), optimizer=optimizer,
                   policy=dict(structure=structure, hidden=list(hidden), critic_hidden=None),
                   total_timesteps=total_timesteps, seed=seed)
     if recipe:
@@ -91,6 +93,16 @@ def test_grouping_keeps_lr_recipe_budget_and_optimizer_apart(tmp_path):
     assert ortho["reward_sd_ddof1"] == pytest.approx(10.0)  # sample sd of 10, 20, 30
 
 
+def test_other_training_settings_are_a_variant_not_averaged(tmp_path):
+    seeds(tmp_path, "toeplitz", [100.0] * 3, 451, algo="es", algo_settings=dict(sampling="orthogonal", n_workers=1))
+    seeds(tmp_path, "toeplitz", [300.0] * 3, 451, algo="es", algo_settings=dict(sampling="gaussian", n_workers=4))
+    out = tmp_path / "out"
+    rows = make_report([tmp_path], out, curves=False, reps=REPS)["rows"]
+    assert sorted((r["variant"], r["reward_mean"]) for r in rows) == [
+        ("sampling=gaussian", 300.0), ("sampling=orthogonal", 100.0)]  # n_workers: where, not how
+    assert "toeplitz [sampling=gaussian]" in (out / "report.md").read_text()
+
+
 def test_statistics_equal_rliables(tmp_path):
     library, metrics = _rliable()
     dense = [1000.0, 1100.0, 1200.0, 1300.0, 5000.0]
@@ -143,7 +155,7 @@ def test_headline_picks_the_smallest_row_reaching_dense(tmp_path):
     best = headline(summary["rows"])
     assert best["structure"] == "toeplitz" and best["_reaches"]
     text = (out / "report.md").read_text()
-    assert "smallest structured row at >= 100%" in text and "**toeplitz 64-64**" in text
+    assert "smallest structured row at >= 100%" in text and "**toeplitz 64-64 lr=0.0003**" in text
     assert "**50.0x compression**" in text
 
 
