@@ -6,6 +6,10 @@ instead of ``m`` butterfly stages: viewing a row as an ``a x b`` array, ``H_b`` 
 and ``H_a`` on the other. With factors of at most 64, ``n <= 64`` is one matmul and
 ``n <= 4096`` two, so the op count stays tiny while the FLOPs stay ``O(n sqrt(n))``-ish
 (BLAS-fast) rather than ``O(n^2)``.
+
+This is the package's one Hadamard transform for torch (spinner layers, random-feature
+projections). The ES direction sampler (:mod:`rlstruct.algos.estimators`) keeps a NumPy one:
+its directions come from a NumPy random stream and it must not import torch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 from typing import List
 
 import torch
+
+from rlstruct.errors import RLStructError
 
 #: largest Kronecker factor applied as one dense matmul (2**6).
 MAX_FACTOR_BITS = 6
@@ -42,12 +48,26 @@ def factor_sizes(n: int) -> List[int]:
     return [1 << (base + (1 if i < extra else 0)) for i in range(count)]
 
 
-def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
-    """``(batch, n) -> (batch, n)``: rows times the normalized ``H_n`` (``n`` a power of two).
+def _size_error(n: int) -> RLStructError:
+    return RLStructError(f"Hadamard transform needs a power-of-two size, got {n}; pad first")
+
+
+def hadamard_transform(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Multiply ``x`` along ``dim`` by the normalized ``H_n`` (``n = x.shape[dim]`` a power of
+    two); any other axes are batch axes.
 
     Differentiable; ``H_n`` is its own inverse and transpose.
     """
+    if dim != -1 or x.dim() != 2:
+        moved = x.movedim(dim, -1)
+        if moved.shape[-1] < 1:  # reshape(-1, 0) would fail less clearly; 2-D rows check the rest
+            raise _size_error(moved.shape[-1])
+        rows = hadamard_transform(moved.reshape(-1, moved.shape[-1]))
+        return rows.reshape(moved.shape).movedim(-1, dim)
+    # The layers' case, (batch, n) rows, runs with no reshapes around it.
     batch, n = x.shape
+    if n < 1 or n & (n - 1):
+        raise _size_error(n)
     sizes = factor_sizes(n)
     if len(sizes) == 1:
         return x @ hadamard_matrix(n, x.dtype, x.device)

@@ -34,6 +34,7 @@ from rlstruct.layers.common import (
     pad_columns,
     uniform_bound,
 )
+from rlstruct.layers.convolution import linear_convolution, toeplitz_product
 from rlstruct.layers.registry import register
 
 
@@ -47,16 +48,6 @@ def f_circulant_block(v: torch.Tensor, f: float, rows: int, cols: int) -> torch.
     rev = v.flip(-1)
     ext = torch.cat([rev, rev * f], dim=-1)
     return ext.unfold(-1, cols, 1)[..., n - rows : n, :].flip(-2)
-
-
-def linear_convolution(x: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear convolution of the last axes by FFT (entries ``0 .. size - 1``, ``size >= length``).
-
-    ``x`` ``(..., a)`` and ``v`` ``(..., b)`` broadcast; ``length >= a + b - 1``. The FFT size is
-    rounded up to a power of two (odd sizes like ``2n + m - 2`` are several times slower).
-    """
-    size = next_pow2(max(length, 1))
-    return torch.fft.irfft(torch.fft.rfft(x, n=size) * torch.fft.rfft(v, n=size), n=size)
 
 
 def fold(full: torch.Tensor, n: int, f: float) -> torch.Tensor:
@@ -153,11 +144,8 @@ class HankelLinear(ZooLinear):
         return self.h.unfold(0, self.in_features, 1)
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        # y[i] = sum_j h[i + j] x[j] = (h * rev(x))[i + in - 1].
-        n, m = self.in_features, self.out_features
-        size = 2 * n + m - 2
-        full = linear_convolution(x.flip(1), self.h.to(x.dtype), size)
-        return full[:, n - 1 : n - 1 + m]
+        # y[i] = sum_j h[i + j] x[j] = sum_j h[i - j + in - 1] rev(x)[j]: a Toeplitz product.
+        return toeplitz_product(x.flip(1), self.h.to(x.dtype), self.out_features)
 
 
 @register("ldr")

@@ -26,7 +26,7 @@ import torch
 
 from rlstruct.layers.common import ZooLinear, next_pow2, pad_columns, rademacher
 from rlstruct.layers.hadamard import hadamard_transform
-from rlstruct.layers.ldr import linear_convolution
+from rlstruct.layers.convolution import toeplitz_product
 from rlstruct.layers.registry import register
 
 
@@ -124,9 +124,6 @@ class ToeplitzSpinnerLinear(SpinnerLinear):
         }
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        n, m = self.n, self.out_features
         dt = x.dtype
-        y = hadamard_transform(pad_columns(x * self.d1.to(dt), n)) * self.d2.to(dt)
-        # T y: y[i] = sum_j t[i - j + N - 1] y[j], the linear convolution read from N - 1.
-        full = linear_convolution(y, self.t.to(dt), 2 * n + m - 2)
-        return full[:, n - 1 : n - 1 + m]
+        y = hadamard_transform(pad_columns(x * self.d1.to(dt), self.n)) * self.d2.to(dt)
+        return toeplitz_product(y, self.t.to(dt), self.out_features)  # T y

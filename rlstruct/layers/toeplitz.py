@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from rlstruct.layers.base import StructuredLinear
+from rlstruct.layers.convolution import toeplitz_product
 from rlstruct.layers.registry import register
 
 
@@ -49,12 +50,4 @@ class ToeplitzLinear(StructuredLinear):
         return self.diagonals[self.index]
 
     def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
-        # y[b, i] = sum_j t[i - j + n - 1] x[b, j]: the full linear convolution of x with t,
-        # read at positions n-1 .. n-1+m-1.
-        n, m = self.in_features, self.out_features
-        size = n + (n + m - 1) - 1
-        fft_size = 1 << (size - 1).bit_length()
-        xf = torch.fft.rfft(x, n=fft_size)
-        tf = torch.fft.rfft(self.diagonals, n=fft_size)
-        full = torch.fft.irfft(xf * tf, n=fft_size)
-        return full[:, n - 1 : n - 1 + m]
+        return toeplitz_product(x, self.diagonals, self.out_features)
