@@ -1,17 +1,18 @@
 """Choose the implementation of a Givens product for the tensor at hand.
 
 Each fused implementation registers one branch here; every branch must give the same result
-as :func:`rlstruct.kernels.reference.givens_reference` (the tests compare them).
+as :func:`rlstruct.kernels.reference.givens_reference` (the tests compare them). Imports run
+one way: this module imports the implementations, none of them imports it.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
 from rlstruct.kernels import givens_cuda_op
-from rlstruct.kernels.reference import givens_reference
+from rlstruct.kernels.reference import dense_by_product, givens_reference
 
 try:  # CPU: numba kernels; without numba every CPU product takes the reference path.
     from rlstruct.kernels import givens_cpu
@@ -50,13 +51,3 @@ def givens_dense(
         return givens_cpu.givens_dense_cpu(pairs, angles, scale, in_features, out_features)
     return dense_by_product(givens_product, pairs, angles, scale, in_features, out_features)
 
-
-def dense_by_product(
-    product: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-    pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
-    in_features: int, out_features: int,
-) -> torch.Tensor:
-    """:func:`givens_dense` computed as ``product(x, pairs, angles)`` of an identity, sliced
-    and scaled; with ``product=givens_reference`` it is the build's pure-torch reference."""
-    eye = torch.eye(in_features, pairs.shape[1], dtype=scale.dtype, device=scale.device)
-    return (product(eye, pairs, angles)[:, :out_features] * scale[:out_features]).t()

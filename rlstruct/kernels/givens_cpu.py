@@ -9,7 +9,7 @@ Two entry points, both with the stage representation of :mod:`rlstruct.kernels.r
 * :func:`givens_product_cpu` ``(x, pairs, angles)``: the same map as ``givens_reference``.
 * :func:`givens_dense_cpu` ``(pairs, angles, scale, in_features, out_features)``: the KAMA
   weight ``W = diag(scale[:out]) (G_L ... G_1)[:out, :in]`` of shape ``(out, in)``, i.e. the
-  rotated identity, sliced and scaled (reference: ``dispatch.dense_by_product``), built
+  rotated identity, sliced and scaled (reference: ``reference.dense_by_product``), built
   without materializing the identity.
 
 Kernels work on an ``(n, batch)`` buffer, so the innermost loop runs over the batch with unit
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from rlstruct.errors import RLStructError
-from rlstruct.kernels.reference import givens_reference
+from rlstruct.kernels.reference import dense_by_product, givens_reference
 
 #: dtypes the kernels are compiled for; others take the reference path.
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -317,8 +317,6 @@ class _GivensDense(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_weight: torch.Tensor):
         if torch.is_grad_enabled():
-            from rlstruct.kernels.dispatch import dense_by_product  # (imports this module)
-
             pairs, angles, scale = ctx.saved_tensors
             grads = _reference_vjp(
                 lambda a_, s_: dense_by_product(givens_reference, pairs, a_, s_, *ctx.sizes),
