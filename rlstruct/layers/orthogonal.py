@@ -17,19 +17,12 @@ from typing import Dict, Optional
 import torch
 
 from rlstruct.layers.common import ZooLinear
+from rlstruct.layers.haar import haar_orthogonal
 from rlstruct.layers.registry import register
+from rlstruct.optim.tags import mark_orthogonal
 
 #: name of the orthogonal parameter.
 ORTHOGONAL_PARAMETER = "weight_orth"
-#: attribute set to True on parameters that must stay orthogonal (read by rlstruct.optim).
-ORTHOGONAL_ATTR = "_rlstruct_orthogonal"
-
-
-def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
-    """Haar-distributed ``(n, n)`` orthogonal matrix (QR of a Gaussian, signs fixed)."""
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    # QR returns q column-major; contiguous so flat views (parameters_to_vector in ES) work
-    return (q * torch.sign(torch.diagonal(r)).unsqueeze(0)).float().contiguous()
 
 
 @register("orthogonal")
@@ -59,10 +52,12 @@ class OrthogonalLinear(ZooLinear):
         self.n = max(in_features, out_features)
         self._setup()
         if isinstance(self.weight_orth, torch.nn.Parameter):
-            setattr(self.weight_orth, ORTHOGONAL_ATTR, True)
+            mark_orthogonal(self.weight_orth)
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
-        return {ORTHOGONAL_PARAMETER: random_orthogonal(self.n, generator)}
+        # QR returns q column-major; contiguous so flat views (parameters_to_vector in ES) work
+        q = haar_orthogonal(self.n, generator).float().contiguous()
+        return {ORTHOGONAL_PARAMETER: q}
 
     def orthogonalize_(self) -> None:
         """Replace ``Q`` by its nearest orthogonal matrix ``U V^T`` (from ``Q = U S V^T``)."""

@@ -26,19 +26,8 @@ from typing import Dict, Optional
 import torch
 
 from rlstruct.layers.common import ZooLinear, check_positive, uniform_bound
+from rlstruct.layers.haar import orthogonal_gaussian_rows
 from rlstruct.layers.registry import register
-
-
-def orthogonal_features(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
-    """``(m, d)`` orthogonal random features: blocks of orthonormal rows (QR of Gaussians),
-    each row rescaled to the norm of a ``d``-dim standard Gaussian."""
-    blocks = []
-    for _ in range(math.ceil(m / d)):
-        q, _ = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
-        blocks.append(q.t())
-    rows = torch.cat(blocks)[:m]
-    norms = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1, keepdim=True)
-    return (rows * norms).float()
 
 
 @register("snnk")
@@ -67,7 +56,9 @@ class SNNKLinear(ZooLinear):
         check_positive("snnk", "n_features", n_features)
         self.n_features = n_features
         generator = torch.Generator().manual_seed(self._draw_seed + 1)
-        self.register_buffer("features", orthogonal_features(n_features, in_features, generator))
+        # Orthogonal random features (Haar blocks, Gaussian row norms): E[G^T G] = m I.
+        features = orthogonal_gaussian_rows(n_features, in_features, generator)[0].float()
+        self.register_buffer("features", features)
         self._setup()
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ import torch
 from torch.optim import Optimizer
 
 from rlstruct.errors import RLStructError
-from rlstruct.layers.orthogonal import ORTHOGONAL_ATTR
+from rlstruct.optim.tags import ORTHOGONAL_ATTR, mark_orthogonal  # noqa: F401  (re-exported)
 
 MODES = ("auto", "tagged", True, False)
 BASES = ("adam", "sgd")
@@ -68,12 +68,6 @@ _REPROJECT_TOL = 1e-4
 # Steps that do not end in a dense polar factor (ProjUNN-T, and ProjUNN-D's low-rank update) are
 # re-projected every this many steps: float32 expm products drift ~5e-9 per step.
 _REPROJECT_EVERY = 100
-
-
-def mark_orthogonal(param: torch.nn.Parameter, orthogonal: bool = True) -> torch.nn.Parameter:
-    """Tag ``param`` so projUNN optimizers treat it as orthogonal (or, with False, as plain)."""
-    setattr(param, ORTHOGONAL_ATTR, bool(orthogonal))
-    return param
 
 
 def polar(m: torch.Tensor) -> torch.Tensor:
