@@ -43,6 +43,9 @@ from typing import Optional
 import torch
 
 from rlstruct.errors import RLStructError
+from rlstruct.kernels.reference import givens_reference
+from rlstruct.layers.haar import orthogonal_gaussian_rows
+from rlstruct.layers.hadamard import hadamard_transform
 
 PROJECTIONS = ("iid", "orthogonal", "kama", "spinner")
 FEATURES = ("relu", "sign", "softmax", "gaussian")
@@ -69,43 +72,6 @@ def default_kama_stages(n: int) -> int:
     """Stages of the KAMA walk: ``2 ceil(log2 n)``, i.e. ``n ceil(log2 n)`` rotations, the
     ``O(n log n)`` order at which Kac's walk mixes."""
     return 2 * max(1, math.ceil(math.log2(n)))
-
-
-def kac_stages(x: torch.Tensor, perms: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Apply independent Givens-stage products, one per leading index.
-
-    Shapes: ``x`` ``(B, n, k)`` (columns are the vectors rotated), ``perms`` ``(B, L, n)`` (stage
-    ``l`` rotates the pairs ``(perms[b, l, 2j], perms[b, l, 2j + 1])``), ``angles``
-    ``(B, L, n/2)``; returns ``(B, n, k)``. Same stage convention as
-    :func:`rlstruct.kernels.givens_product` (``x_p <- c x_p - s x_q``, ``x_q <- s x_p + c x_q``),
-    but every ``b`` has its own pairs, which the shared kernel does not support.
-    """
-    k = x.shape[2]
-    cos, sin = torch.cos(angles).unsqueeze(-1), torch.sin(angles).unsqueeze(-1)
-    for stage in range(perms.shape[1]):
-        p = perms[:, stage, 0::2].unsqueeze(-1).expand(-1, -1, k)
-        q = perms[:, stage, 1::2].unsqueeze(-1).expand(-1, -1, k)
-        xp, xq = x.gather(1, p), x.gather(1, q)
-        c, s = cos[:, stage], sin[:, stage]
-        # Both new values come from the old (xp, xq): updating q from the new p would break
-        # orthogonality.
-        x = x.scatter(1, p, c * xp - s * xq).scatter(1, q, s * xp + c * xq)
-    return x
-
-
-def hadamard_transform(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Normalized Walsh-Hadamard transform along ``dim`` (size a power of two), ``O(n log n)``."""
-    x = x.movedim(dim, -1)
-    n = x.shape[-1]
-    if n & (n - 1):
-        raise RLStructError(f"Hadamard transform needs a power-of-two size, got {n}; pad first")
-    lead = x.shape[:-1]
-    h = 1
-    while h < n:
-        y = x.reshape(*lead, n // (2 * h), 2, h)
-        x = torch.stack((y[..., 0, :] + y[..., 1, :], y[..., 0, :] - y[..., 1, :]), dim=-2)
-        h *= 2
-    return (x.reshape(*lead, n) / math.sqrt(n)).movedim(-1, dim)
 
 
 @dataclass
@@ -146,7 +112,9 @@ class RandomProjection:
         cols = torch.nn.functional.pad(x, (0, n - self.dim)).t()  # (n, batch)
         cols = cols.expand(self.n_draws * self.n_blocks, n, batch)
         if self.kind == "kama":
-            return math.sqrt(n) * kac_stages(cols, self.perms, self.angles.to(x.dtype))
+            # Each block has its own stages: the reference's per-leading-index form, on rows.
+            rows = givens_reference(cols.transpose(1, 2), self.perms, self.angles.to(x.dtype))
+            return math.sqrt(n) * rows.transpose(1, 2)
         signs = self.signs.to(x.dtype)
         for i in range(3):
             cols = hadamard_transform(signs[:, i].unsqueeze(-1) * cols, dim=1)
@@ -187,13 +155,7 @@ def draw_projection(
     if kind == "iid":
         proj.dense = torch.randn(n_draws, n_features, dim, generator=generator, dtype=dtype)
     elif kind == "orthogonal":
-        gauss = torch.randn(blocks, dim, dim, generator=generator, dtype=dtype)
-        q, r = torch.linalg.qr(gauss.transpose(1, 2))
-        # Sign fix: Q's columns become exactly Gram-Schmidt of the Gaussian rows (Haar), and the
-        # row norms (chi(d)) are independent of those directions.
-        q = q * torch.sign(torch.diagonal(r, dim1=1, dim2=2)).unsqueeze(1)
-        rows = q.transpose(1, 2) * gauss.norm(dim=2, keepdim=True)
-        proj.dense = rows.reshape(n_draws, -1, dim)[:, :n_features].contiguous()
+        proj.dense = orthogonal_gaussian_rows(n_features, dim, generator, n_draws, dtype)
     elif kind == "kama":
         stages = default_kama_stages(n) if n_stages is None else n_stages
         if stages < 1:

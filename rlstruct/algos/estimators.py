@@ -30,6 +30,11 @@ SHAPINGS = ("centered_ranks", "ars", "none")
 OPTIMIZERS = ("sgd", "adam")
 
 
+# NumPy twins of rlstruct.layers.hadamard.hadamard_transform and rlstruct.layers.haar.
+# ES directions come from a NumPy Generator seeded per iteration (es.py): torch's samplers would
+# draw other numbers and change every recorded ES run, and this module is NumPy-only by design
+# (rlstruct.algos docstring). These are the package's only NumPy Hadamard transform and Haar
+# sampler.
 def fwht(x: np.ndarray) -> np.ndarray:
     """Normalized fast Walsh-Hadamard transform along the last axis (a power of two)."""
     n = x.shape[-1]
@@ -45,6 +50,7 @@ def fwht(x: np.ndarray) -> np.ndarray:
 
 
 def _orthogonal_block(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``(rows, dim)`` orthonormal rows (Haar), each rescaled to an independent chi(dim) norm."""
     q, r = np.linalg.qr(rng.standard_normal((dim, rows)))
     q = q * np.sign(np.diag(r))  # Haar measure: QR alone is biased by its sign convention
     norms = np.sqrt(rng.chisquare(dim, size=rows))
