@@ -70,8 +70,10 @@ class _GraphBuilder:
 
     def node(self, op: str, inputs: List[str], outputs: int = 1, name: Optional[str] = None, **attrs: Any) -> Any:
         self._count += 1
-        outs = [f"{op.lower()}_{self._count}_{k}" for k in range(outputs)] if name is None else [name]
-        self.nodes.append(self.helper.make_node(op, inputs, outs, name=f"n{self._count}_{op}", **attrs))
+        # Short tensor names and no node names: at RL widths they would otherwise weigh as
+        # much as the compact parameters in the file.
+        outs = [f"t{self._count}" + ("" if k == 0 else f"_{k}") for k in range(outputs)] if name is None else [name]
+        self.nodes.append(self.helper.make_node(op, inputs, outs, **attrs))
         return outs[0] if outputs == 1 else outs
 
 

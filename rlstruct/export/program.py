@@ -38,6 +38,10 @@ DENSE_NOTES = {
 }
 
 
+#: files of which one marks a train.py run folder (it is then read through compact.export_run).
+RUN_MARKERS = ("config.yaml", "metrics.json", "model.zip")
+
+
 @dataclass
 class Bundle:
     """A runtime bundle in memory: the ``runtime.json`` spec and the named arrays."""
@@ -325,12 +329,11 @@ def load_source(path: Path) -> Tuple[Any, Any, Dict[str, Any]]:
     """``(policy, eval_env, meta)`` of a compact policy folder, or of a run folder (exported to a
     compact policy in a temporary folder first)."""
     from rlstruct import compact
-    from rlstruct.runner import CONFIG_FILE
 
     path = Path(path)
     if compact.is_compact_policy(path):
         return compact.load_compact_policy(path)
-    if (path / CONFIG_FILE).is_file():
+    if any((path / marker).is_file() for marker in RUN_MARKERS):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "compact"
             compact.export_run(path, out)
