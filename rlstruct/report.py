@@ -31,12 +31,11 @@ import contextlib
 import csv
 import json
 import math
-import re
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -56,6 +55,8 @@ MIN_SEEDS_FOR_CI = 3
 NO_CI = "n<3"
 OUTSIDE = "outside frontier"
 DEFAULT_RECIPE = "sb3"
+#: other names of the libraries'-defaults recipe (conf/recipe/default.yaml names it ``default``).
+RECIPE_ALIASES = {"default": DEFAULT_RECIPE}
 #: config.algo keys that say where a run executed, not how it trained (never split groups).
 EXECUTION_KEYS = ("n_workers", "backend", "ray_address", "start_method", "device")
 
@@ -93,11 +94,11 @@ class Run:
 
     @property
     def recipe(self) -> str:
-        """``config.recipe.name`` (``sb3`` for runs from before recipes existed)."""
+        """``config.recipe.name`` (``sb3`` for runs from before recipes existed; ``default`` is
+        the same recipe under its newer name)."""
         recipe = self.config.get("recipe")
-        if isinstance(recipe, dict):
-            return str(recipe.get("name") or DEFAULT_RECIPE)
-        return str(recipe or DEFAULT_RECIPE)
+        name = str((recipe.get("name") if isinstance(recipe, dict) else recipe) or DEFAULT_RECIPE)
+        return RECIPE_ALIASES.get(name, name)
 
     @property
     def learning_rate(self) -> str:

@@ -77,8 +77,9 @@ def test_grouping_keeps_lr_recipe_budget_and_optimizer_apart(tmp_path):
     seeds(tmp_path, "dense", [50.0, 60.0, 70.0], 10119, total_timesteps=2000)
     seeds(tmp_path, "orthogonal", [10.0, 20.0, 30.0], 5000)
     seeds(tmp_path, "orthogonal", [40.0, 50.0, 60.0], 5000, optimizer="projunn_d")
+    fake_run(tmp_path, "orthogonal", 3, [0.0, 0.0], 5000, recipe="default")  # = sb3 under its new name
     groups = group_runs(find_runs([tmp_path]))
-    assert len(groups) == 6 and all(len(g.runs) == 3 for g in groups)
+    assert len(groups) == 6 and sorted(len(g.runs) for g in groups) == [3, 3, 3, 3, 3, 4]
     rows = rows_of(make_report([tmp_path], tmp_path / "out", curves=False, reps=REPS))
     assert rows[("dense", "64-64", "0.0003", "sb3", 1000)]["reward_mean"] == pytest.approx(200.0)
     assert rows[("dense", "64-64", "0.001", "sb3", 1000)]["reward_mean"] == pytest.approx(500.0)
@@ -88,9 +89,9 @@ def test_grouping_keeps_lr_recipe_budget_and_optimizer_apart(tmp_path):
     # the reference dense of (hopper, ppo, sb3, 1000 steps): equal size, so the higher IQM (lr 1e-3)
     ortho = rows[("orthogonal", "64-64", "0.0003", "sb3", 1000)]
     assert ortho["reference_dense"] == "dense 64-64 lr=0.001"
-    assert ortho["pct_of_ref_dense_iqm"] == pytest.approx(100 * 20 / 500)
+    assert ortho["pct_of_ref_dense_iqm"] == pytest.approx(100 * 15 / 500)  # IQM of 0, 10, 20, 30
     assert ortho["compression"] == pytest.approx(10119 / 5000)
-    assert ortho["reward_sd_ddof1"] == pytest.approx(10.0)  # sample sd of 10, 20, 30
+    assert ortho["seeds"] == 4 and ortho["reward_sd_ddof1"] == pytest.approx(np.std([0, 10, 20, 30], ddof=1))
 
 
 def test_other_training_settings_are_a_variant_not_averaged(tmp_path):
