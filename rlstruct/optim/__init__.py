@@ -13,7 +13,8 @@ from typing import Any, Dict
 import torch
 
 from rlstruct.errors import RLStructError
-from rlstruct.optim.projunn import ORTHOGONAL_ATTR, ProjUNND, ProjUNNT, mark_orthogonal
+from rlstruct.optim.projunn import ProjUNND, ProjUNNT
+from rlstruct.optim.tags import ORTHOGONAL_ATTR, mark_orthogonal
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "projunn_d": ProjUNND,

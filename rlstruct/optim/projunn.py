@@ -57,7 +57,7 @@ import torch
 from torch.optim import Optimizer
 
 from rlstruct.errors import RLStructError
-from rlstruct.optim.tags import ORTHOGONAL_ATTR, mark_orthogonal  # noqa: F401  (re-exported)
+from rlstruct.optim.tags import ORTHOGONAL_ATTR, mark_orthogonal  # noqa: F401  (kept importable here)
 
 MODES = ("auto", "tagged", True, False)
 BASES = ("adam", "sgd")
