@@ -42,6 +42,10 @@ DENSE_NOTES = {
 RUN_MARKERS = ("config.yaml", "metrics.json", "model.zip")
 
 
+class CompactFormWarning(UserWarning):
+    """A layer's compact form did not reproduce its ``to_dense()``: it was exported dense."""
+
+
 @dataclass
 class Bundle:
     """A runtime bundle in memory: the ``runtime.json`` spec and the named arrays."""
@@ -221,6 +225,7 @@ def layer_entry(bundle: Bundle, prefix: str, layer: nn.Module, activation: Optio
             warnings.warn(
                 f"{prefix} ({family}): the compact form differs from to_dense() by {error:.2e}; "
                 "exporting its dense W instead (the rlstruct.export compact form is out of date)",
+                CompactFormWarning,
                 stacklevel=2,
             )
             _drop_arrays(bundle, prefix)
