@@ -226,7 +226,7 @@ def _compile_givens(op: Dict[str, Any], arrays: Dict[str, np.ndarray], dtype: np
         raise BundleError(f"givens op shapes {pairs.shape}, {angles.shape} do not fit size {n}; re-export")
     complex_type = np.complex64 if dtype == np.float32 else np.complex128
     angles = angles.astype(dtype)
-    rotations = (np.cos(angles) + 1j * np.sin(angles)).astype(complex_type)
+    rotations = (np.cos(angles) + 1j * np.sin(angles)).astype(complex_type)[:, None, :]  # rows: no broadcast
     # Stay in each stage's interleaved pair order (p0, q0, p1, q1, ...): pairs are then adjacent
     # complex numbers, a stage is one gather and one complex multiply; the gather composes the
     # inverse of the previous order with the next one.
@@ -306,7 +306,7 @@ def _compile_ops(ops: List[Dict[str, Any]], arrays: Dict[str, np.ndarray], dtype
             d = np.asarray(_array(arrays, op.get("d"), "diagonal"), dtype=dtype)
             if d.shape != (size,):
                 raise BundleError(f"mul op vector {d.shape} does not fit size {size}; re-export")
-            compiled.append(lambda x, d=d: x * d)
+            compiled.append(lambda x, d=d.reshape(1, -1): x * d)
         elif kind == "gather":
             index = np.asarray(_array(arrays, op.get("index"), "gather index"), dtype=np.int64)
             if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= size)):
@@ -338,6 +338,10 @@ def fold_dense(layer: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> np.ndarr
     return np.ascontiguousarray(_run(ops, np.eye(int(layer["in"]))).T).astype(np.float32)
 
 
+def _row(vector: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vector).reshape(1, -1)
+
+
 # ---------------------------------------------------------------------------------------------
 class Policy:
     """A loaded policy: :meth:`act` maps raw observations to deterministic actions.
@@ -357,20 +361,26 @@ class Policy:
             mean = np.asarray(_array(arrays, norm["mean"], "obs mean"), dtype=np.float64)
             var = np.asarray(_array(arrays, norm["var"], "obs var"), dtype=np.float64)
             # VecNormalize computes (obs - mean) / sqrt(var + eps) in float64: same ops here.
-            self._mean, self._std = mean, np.sqrt(var + float(norm["epsilon"]))
-            self._clip = float(norm["clip"])
+            # Row vectors (1, dim): a single observation then runs same-shape ufuncs, ~3x cheaper
+            # than broadcasting at these sizes; bounds as arrays, not Python floats, likewise.
+            self._mean, self._std = _row(mean), _row(np.sqrt(var + float(norm["epsilon"])))
+            clip = float(norm["clip"])
+            self._clip_low, self._clip_high = _row(np.full(self.obs_dim, -clip)), _row(np.full(self.obs_dim, clip))
             kept += [self._mean, self._std]
         else:
             self._mean = None
-        self._layers: List[Tuple[List[Op], Optional[np.ndarray], Optional[Op]]] = []
+        # Per layer: (W^T or None, op functions, bias, activation). A single dense matrix is
+        # applied inline: at RL widths every Python call is a measurable part of an action.
+        self._layers: List[Tuple[Optional[np.ndarray], List[Op], Optional[np.ndarray], Optional[Op]]] = []
         size = self.obs_dim
         for layer in spec["layers"]:
             if int(layer["in"]) != size:
                 raise BundleError(f"layer {layer.get('name')} takes {layer['in']} inputs, gets {size}; re-export")
-            if mode == "dense":
-                wt = np.ascontiguousarray(fold_dense(layer, arrays).T)
-                ops: List[Op] = [lambda x, wt=wt: x @ wt]
-                kept.append(wt)
+            matrix = None
+            ops: List[Op] = []
+            if mode == "dense" or [op.get("op") for op in layer["ops"]] == ["linear"]:
+                matrix = np.ascontiguousarray(fold_dense(layer, arrays).T)
+                kept.append(matrix)
             else:
                 ops, out = _compile_ops(layer["ops"], arrays, np.dtype(np.float32), size)
                 if out != int(layer["out"]):
@@ -379,9 +389,9 @@ class Policy:
                          if k in ("w", "v", "d", "index", "pairs", "angles", "twiddle")]
             bias = None
             if layer.get("bias") is not None:
-                bias = np.asarray(_array(arrays, layer["bias"], "bias"), dtype=np.float32)
+                bias = _row(np.asarray(_array(arrays, layer["bias"], "bias"), dtype=np.float32))
                 kept.append(bias)
-            self._layers.append((ops, bias, _activation(layer.get("activation"))))
+            self._layers.append((matrix, ops, bias, _activation(layer.get("activation"))))
             size = int(layer["out"])
         action = spec["action"]
         self.discrete = action["kind"] == "discrete"
@@ -394,8 +404,8 @@ class Policy:
             self.action_dim = size
             self._low = self._high = None
             if action.get("clip"):
-                self._low = np.asarray(_array(arrays, action["low"], "action low"), dtype=np.float32)
-                self._high = np.asarray(_array(arrays, action["high"], "action high"), dtype=np.float32)
+                self._low = _row(np.asarray(_array(arrays, action["low"], "action low"), dtype=np.float32))
+                self._high = _row(np.asarray(_array(arrays, action["high"], "action high"), dtype=np.float32))
                 kept += [self._low, self._high]
         self.nbytes = int(sum(a.nbytes for a in kept))
 
@@ -415,11 +425,18 @@ class Policy:
                 f"got {np.shape(obs)}; pass the raw environment observation"
             )
         if self._mean is not None:
-            x = np.clip((x - self._mean) / self._std, -self._clip, self._clip)
+            # np.clip((obs - mean) / sqrt(var + eps), -clip, clip), as VecNormalize, in fewer calls
+            x = x - self._mean
+            x /= self._std
+            np.maximum(x, self._clip_low, out=x)
+            np.minimum(x, self._clip_high, out=x)
         x = x.astype(np.float32)
-        for ops, bias, activation in self._layers:
-            for fn in ops:
-                x = fn(x)
+        for matrix, ops, bias, activation in self._layers:
+            if matrix is not None:
+                x = x @ matrix
+            else:
+                for fn in ops:
+                    x = fn(x)
             if bias is not None:
                 x = x + bias
             if activation is not None:
@@ -428,7 +445,8 @@ class Policy:
             index = np.argmax(x, axis=1)
             return int(index[0]) if single else index
         if self._low is not None:
-            x = np.clip(x, self._low, self._high)
+            x = np.maximum(x, self._low)
+            np.minimum(x, self._high, out=x)
         return x[0] if single else x
 
     __call__ = act
