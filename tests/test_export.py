@@ -313,6 +313,14 @@ def test_runtime_imports_only_numpy_and_stdlib(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_package_runtime_loads_no_torch():
+    code = ("import sys, rlstruct.export.runtime, rlstruct.export\n"
+            "heavy = [m for m in ('torch', 'stable_baselines3', 'gymnasium', 'onnx') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def _numpy_path() -> List[str]:
     return [str(Path(np.__file__).resolve().parents[1])]
 

@@ -15,13 +15,22 @@ Three lines to deploy (see ``docs/export.md``)::
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Any, Union
 
 from rlstruct.errors import RLStructError
 from rlstruct.export import runtime
-from rlstruct.export.program import Bundle, bundle_from_path, bundle_from_policy
 
 FORMATS = ("numpy", "onnx", "c")
+_PROGRAM_NAMES = ("Bundle", "bundle_from_path", "bundle_from_policy")
+
+
+def __getattr__(name: str) -> Any:
+    # The exporter needs torch; the runtime must not: import it only when asked for.
+    if name in _PROGRAM_NAMES:
+        from rlstruct.export import program
+
+        return getattr(program, name)
+    raise AttributeError(f"module 'rlstruct.export' has no attribute {name!r}")
 
 
 def load_policy(folder: Union[str, os.PathLike], mode: str = "compact") -> runtime.Policy:
