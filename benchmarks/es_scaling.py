@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlstruct.algos.backends import make_backend  # noqa: E402
 from rlstruct.algos.es import ESSettings, EvolutionStrategy, PolicyActor, env_spec_from_config  # noqa: E402
-from rlstruct.runner import algo_class, make_vec_env  # noqa: E402
+from rlstruct.envs import make_vec_env  # noqa: E402
+from rlstruct.policies import algo_class  # noqa: E402
 
 ENV = {"name": "halfcheetah", "id": "HalfCheetah-v5"}
 STRUCTURE, HIDDEN, DIRECTIONS = "toeplitz", [24, 24], 16

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlstruct.algos.backends import LocalBackend  # noqa: E402
 from rlstruct.algos.es import ESSettings, EvolutionStrategy, PolicyActor, env_spec_from_config  # noqa: E402
-from rlstruct.runner import algo_class, make_vec_env  # noqa: E402
+from rlstruct.envs import make_vec_env  # noqa: E402
+from rlstruct.policies import algo_class  # noqa: E402
 
 CASES = [
     ("Swimmer-v5", "toeplitz", [16, 16]),

@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Dict, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator
 
+from rlstruct.config import RunConfig
 from rlstruct.errors import RLStructError
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """The run settings plus where ``train.py`` puts the run folder (``out_dir``/``run_name``)."""
+
+    out_dir: str = "runs"
+    run_name: str = (
+        "${env.name}-${algo.name}-${policy.name}-h${join:${policy.hidden}}${tag:${optimizer}}"
+        "${tag:${recipe.name},default}-s${seed}"
+    )
+
+
+def register_schema() -> None:
+    """Resolvers and the ``run_schema`` node ``conf/config.yaml`` starts from (typed settings)."""
+    from hydra.core.config_store import ConfigStore
+
+    register_resolvers()
+    ConfigStore.instance().store(name="run_schema", node=TrainConfig)
 
 
 def register_resolvers() -> None:
@@ -17,12 +38,34 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "join", lambda items: "-".join(str(i) for i in items) if items else "none"
         )
+    if not OmegaConf.has_resolver("writable_dir"):
+        OmegaConf.register_new_resolver("writable_dir", writable_dir)
     if not OmegaConf.has_resolver("tag"):
         # "-<value>" for a set option, "" for null or the default: run names only grow when an
-        # option is used (${tag:${optimizer}}, ${tag:${recipe.name},sb3})
+        # option is used (${tag:${optimizer}}, ${tag:${recipe.name},default})
         OmegaConf.register_new_resolver(
             "tag", lambda value, default=None: f"-{value}" if value and value != default else ""
         )
+
+
+def writable_dir(path: str) -> str:
+    """``path`` itself, once it is known that the folder can be created there (else one line, exit 2).
+
+    Hydra creates the run folder before ``train.py`` runs, and fails with a stack trace; this
+    resolver in ``hydra.run.dir`` checks first, without creating anything.
+    """
+    import os
+    from pathlib import Path
+
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is a file" if not existing.is_dir() else "is not writable"
+        print(f"error: cannot create the run folder {path}: {existing} {why}; pass a writable out_dir",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+    return path
 
 
 @contextlib.contextmanager
@@ -33,26 +76,3 @@ def report_errors() -> Iterator[None]:
     except RLStructError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-def command_line_wins(cfg: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
-    """Drop from ``env.hyperparams.<algo>`` every setting the command line gave ``algo`` itself.
-
-    The runner overlays an env's own settings (``env.hyperparams.ppo``, ``...es``) on the
-    algorithm's defaults, because the env knows better than a generic default. A value typed on
-    the command line (``algo.kwargs.learning_rate=1e-4`` for PPO/TRPO, ``algo.sigma=0.1`` for ES)
-    is the user's explicit choice, so it must not be overwritten by the env's. ``cfg`` is a plain
-    (resolved) container and is changed in place; the saved config then shows what was used.
-    """
-    env_settings = (cfg["env"].get("hyperparams") or {}).get(cfg["algo"]["name"])
-    if not env_settings:
-        return cfg
-    for override in overrides:
-        path = override.split("=", 1)[0].lstrip("+~").split(".")
-        if path[0] != "algo":
-            continue
-        if path[1:2] == ["kwargs"]:
-            path = path[1:]
-        if len(path) >= 2:
-            env_settings.pop(path[1], None)
-    return cfg

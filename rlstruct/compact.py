@@ -54,7 +54,7 @@ def export_run(run_dir: Path, out_dir: Path, command: Optional[str] = None) -> D
     """Write the compact form of a finished run folder to ``out_dir``; returns its metadata."""
     from safetensors.torch import save
 
-    from rlstruct.runner import METRICS_FILE, load_run
+    from rlstruct.run import RunFolder, load_run
 
     run_dir = Path(run_dir)
     model, venv, cfg = load_run(run_dir)
@@ -68,13 +68,7 @@ def export_run(run_dir: Path, out_dir: Path, command: Optional[str] = None) -> D
     else:
         norm = None
     venv.close()
-    metrics_path = run_dir / METRICS_FILE
-    try:
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    except ValueError as exc:
-        raise RLStructError(
-            f"{metrics_path} is corrupt ({exc}); let the run finish or restore the file"
-        ) from None
+    metrics = RunFolder(run_dir).read_metrics() or {}
     meta = dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -82,6 +76,7 @@ def export_run(run_dir: Path, out_dir: Path, command: Optional[str] = None) -> D
         env=cfg["env"],
         policy=cfg["policy"],
         algo=cfg["algo"]["name"],
+        recipe=(cfg.get("recipe") or {}).get("name", "default"),
         structure=cfg["policy"]["structure"],
         params=model.policy.parameter_counts(),
         normalization=norm,
@@ -102,7 +97,7 @@ def _read_meta(folder: Path) -> Dict[str, Any]:
     try:
         meta = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError) as exc:
-        raise RLStructError(f"{folder / META_FILE} is corrupt ({exc}); re-export the policy") from None
+        raise RLStructError(f"{folder / META_FILE} is corrupt ({exc}); re-export the policy") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise RLStructError(
@@ -127,8 +122,8 @@ def load_compact_policy(
     from safetensors.torch import load_file
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from rlstruct.policies import StructuredActorCriticPolicy
-    from rlstruct.runner import make_vec_env, policy_kwargs_from_config
+    from rlstruct.envs import make_vec_env
+    from rlstruct.policies import StructuredActorCriticPolicy, policy_kwargs_from_config
 
     folder = Path(folder)
     meta = _read_meta(folder)
@@ -137,7 +132,7 @@ def load_compact_policy(
     except (SafetensorError, OSError, ValueError) as exc:
         raise RLStructError(
             f"{folder / TENSORS_FILE} is corrupt or truncated ({exc}); re-export the policy"
-        ) from None
+        ) from exc
     venv = make_vec_env(meta["env"], 1, seed, render_mode=render_mode)
     policy = StructuredActorCriticPolicy(
         venv.observation_space,

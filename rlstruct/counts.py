@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--structures", nargs="+", default=None, help="default: every registered one")
     args = parser.parse_args(argv)
     with report_errors():
-        from rlstruct.runner import check_env_id
+        from rlstruct.envs import check_env_id
 
         check_env_id(args.env_id)
         rows = structure_counts(args.env_id, args.hidden, args.structures or available_structures())

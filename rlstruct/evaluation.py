@@ -3,59 +3,112 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from rlstruct.envs import evaluate_episodes
 from rlstruct.errors import RLStructError
 
 
-def _unwrap_envs(venv):
+def _base_env(venv):
     while not hasattr(venv, "envs"):
         venv = venv.venv
-    return venv
+    return venv.envs[0]
 
 
-def _render(venv) -> Optional[np.ndarray]:
+def _follow_agent(env) -> None:
+    """Make a MuJoCo env's camera track the agent's root body.
+
+    Gymnasium's v5 MuJoCo envs name a ``trackbodyid`` in their default camera but leave the
+    camera free, so it stays where the episode started and loses a running agent.
+    """
+    renderer = getattr(env.unwrapped, "mujoco_renderer", None)
+    if renderer is None:
+        return
+    import mujoco
+
+    viewer = renderer._get_viewer("rgb_array")  # created on first use; no public accessor
+    body = int(getattr(viewer.cam, "trackbodyid", -1))
+    viewer.cam.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+    viewer.cam.trackbodyid = body if body > 0 else 1  # body 0 is the world
+
+
+def _render(env) -> Optional[np.ndarray]:
     try:
-        return _unwrap_envs(venv).envs[0].render()
+        return env.render()
     except Exception as exc:  # renderers fail in many library-specific ways; all mean the same
         raise RLStructError(
             f"cannot render the environment ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
             "for MuJoCo set MUJOCO_GL=egl or osmesa, for classic control pip install 'gymnasium[classic-control]'"
-        ) from None
+        ) from exc
 
 
-def record_video(model: Any, venv: Any, path: str, deterministic: bool = True, max_steps: int = 1000) -> None:
-    """Write one episode's frames (``render_mode="rgb_array"`` env) to ``path``."""
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        raise RLStructError("recording a video needs imageio: pip install 'rlstruct[video]'") from None
+class _FrameWriter:
+    """Frames to a file as they come: .mp4 streams through ffmpeg, .gif keeps 1-byte palette frames."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps = path, fps
+        self.suffix = Path(path).suffix.lower()
+        self.frames = []
+        self.count = 0
+        if self.suffix != ".gif":
+            try:
+                import imageio.v2 as imageio
+
+                self.writer = imageio.get_writer(path, fps=fps, macro_block_size=1)
+            except (ValueError, RuntimeError, ImportError, OSError) as exc:
+                raise RLStructError(
+                    f"cannot write video {path} ({exc}); use a .gif file or pip install imageio-ffmpeg for .mp4"
+                ) from exc
+
+    def add(self, frame: np.ndarray) -> None:
+        self.count += 1
+        if self.suffix == ".gif":
+            from PIL import Image
+
+            # a palette image is a third of the RGB frame: a 1000-step episode stays ~230 MB at 480x480
+            self.frames.append(Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT))
+        else:
+            self.writer.append_data(frame)
+
+    def close(self) -> None:
+        try:
+            if self.suffix == ".gif":
+                if self.frames:
+                    # GIF frame delays are in milliseconds
+                    self.frames[0].save(self.path, save_all=True, append_images=self.frames[1:],
+                                        duration=round(1000 / self.fps), loop=0)
+            else:
+                self.writer.close()
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise RLStructError(f"cannot write video {self.path} ({exc}); check the folder and the suffix") from exc
+
+
+def record_video(model: Any, venv: Any, path: str, deterministic: bool = True, max_steps: int = 1000) -> int:
+    """Write one episode of a ``render_mode="rgb_array"`` env to ``path`` at the env's frame rate.
+
+    Returns the number of frames written.
+    """
     if not Path(path).parent.is_dir():
         raise RLStructError(f"cannot write video {path}: folder {Path(path).parent} does not exist; create it first")
-    frames: List[np.ndarray] = []
+    env = _base_env(venv)
+    fps = float(env.metadata.get("render_fps") or 30)
     obs = venv.reset()
+    _follow_agent(env)
+    writer = _FrameWriter(path, fps)
     for _ in range(max_steps):
-        frame = _render(venv)
+        frame = _render(env)
         if frame is not None:
-            frames.append(frame)
+            writer.add(frame)
         action, _ = model.predict(obs, deterministic=deterministic)
         obs, _, dones, _ = venv.step(action)
         if dones[0]:
             break
-    if not frames:
+    if not writer.count:
         raise RLStructError("the environment rendered no frames; it may not support rgb_array rendering")
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".gif":
-            imageio.mimsave(path, frames, duration=1 / 30)
-        else:
-            imageio.mimsave(path, frames, fps=30)
-    except (ValueError, RuntimeError, ImportError, OSError) as exc:
-        raise RLStructError(
-            f"cannot write video {path} ({exc}); use a .gif file or pip install imageio-ffmpeg for .mp4"
-        ) from None
+    writer.close()
+    return writer.count
 
 
 def evaluate_saved(
@@ -66,13 +119,11 @@ def evaluate_saved(
     video: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate the policy saved at ``path``; returns mean, std, rewards, counts and metadata."""
-    from rlstruct.runner import evaluate_model
-
     folder = Path(path)
     if not folder.exists():
         raise RLStructError(f"{folder} does not exist; pass a run folder or a policies/NAME folder")
     model, venv, env_id, structure = _load_saved(folder, seed)
-    rewards = evaluate_model(model, venv, episodes, deterministic)
+    rewards = evaluate_episodes(model, venv, episodes, deterministic)
     venv.close()
     if video:
         model, rvenv, _, _ = _load_saved(folder, seed, render_mode="rgb_array")
@@ -92,10 +143,15 @@ def evaluate_saved(
 def _load_saved(folder: Path, seed: int, render_mode: Optional[str] = None) -> Tuple[Any, Any, str, str]:
     """``(model or policy, eval env, env id, structure)`` of a compact policy or a run folder."""
     from rlstruct import compact
-    from rlstruct.runner import load_run
+    from rlstruct.run import CONFIG_FILE, load_run
 
     if compact.is_compact_policy(folder):
         policy, venv, meta = compact.load_compact_policy(folder, seed=seed, render_mode=render_mode)
         return policy, venv, meta["env_id"], meta["structure"]
+    if (folder / compact.TENSORS_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
+        raise RLStructError(
+            f"{folder} holds {compact.TENSORS_FILE} but no {compact.META_FILE}; restore meta.json from "
+            "where the policy came from, or re-export it with python -m rlstruct.compact"
+        )
     model, venv, cfg = load_run(folder, seed=seed, render_mode=render_mode)
     return model, venv, cfg["env"]["id"], cfg["policy"]["structure"]

@@ -28,7 +28,7 @@ def make_output_dir(path: os.PathLike, what: str) -> Path:
     except OSError as exc:  # a file in the way (FileExistsError, NotADirectoryError) or no permission
         raise RLStructError(
             f"cannot create the {what} folder {path} ({exc.strerror}); pass a writable folder path"
-        ) from None
+        ) from exc
     return path
 
 
@@ -78,24 +78,38 @@ def save_pickle_atomic(obj: Any, path: os.PathLike) -> None:
 
 
 def load_sb3_model(
-    algo_class: Type, path: os.PathLike, env: Optional[Any] = None, device: str = "cpu"
+    algo_class: Type, path: os.PathLike, env: Optional[Any] = None, device: str = "cpu",
+    force_reset: bool = True,
 ) -> Any:
-    """``algo_class.load(path, env)`` with one-line errors for every way a file can be bad."""
+    """``algo_class.load(path, env)`` with one-line errors for every way a file can be bad.
+
+    ``force_reset=False`` keeps the saved last observation (the caller restores the envs).
+    """
     path = Path(path)
     _check_zip(path)
     try:
-        return algo_class.load(path, env=env, device=device)
-    except RuntimeError as exc:  # state_dict key or shape mismatch
+        return algo_class.load(path, env=env, device=device, force_reset=force_reset)
+    except RuntimeError as exc:
+        if not is_state_dict_mismatch(exc):
+            raise  # not a file problem: let the real error through
         first = str(exc).strip().splitlines()[0]
         raise RLStructError(
             f"model file {path} does not match the policy it is loaded into ({first}); "
             "it was trained with another structure or shape: use the config saved with it"
-        ) from None
+        ) from exc
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError, AssertionError) as exc:
         raise RLStructError(
             f"model file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
             "re-train, or resume from an earlier checkpoint"
-        ) from None
+        ) from exc
+
+
+def is_state_dict_mismatch(exc: BaseException) -> bool:
+    """Whether torch raised ``exc`` because saved tensors do not fit a module's keys or shapes."""
+    text = str(exc)
+    return any(marker in text for marker in (
+        "Error(s) in loading state_dict", "size mismatch", "Missing key", "Unexpected key",
+    ))
 
 
 def _check_zip(path: Path) -> None:
@@ -121,11 +135,13 @@ def load_policy_weights(model: Any, path: os.PathLike) -> None:
     try:
         model.set_parameters(str(path), exact_match=True, device=model.device)
     except (RuntimeError, ValueError) as exc:
+        if isinstance(exc, RuntimeError) and not is_state_dict_mismatch(exc):
+            raise
         first = str(exc).strip().splitlines()[0]
         raise RLStructError(
             f"model file {path} does not fit this policy ({first[:200]}); it was trained with "
             "another structure or shape: build the policy from the config saved with it"
-        ) from None
+        ) from exc
 
 
 def load_pickle(path: os.PathLike, what: str) -> Any:
@@ -142,4 +158,4 @@ def load_pickle(path: os.PathLike, what: str) -> Any:
         raise RLStructError(
             f"{what} file {path} is corrupt or truncated ({type(exc).__name__}); "
             "re-train, or resume from an earlier checkpoint"
-        ) from None
+        ) from exc

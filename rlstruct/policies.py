@@ -235,6 +235,51 @@ class StructuredActorCriticPolicy(ActorCriticPolicy):
         }
 
 
+def algo_class(name: str) -> type:
+    """The SB3 class that trains (``ppo``, ``trpo``) or carries (``es``, ``distill``) a run's model."""
+    if name in ("ppo", "es", "distill"):
+        return PPO
+    if name == "trpo":
+        from sb3_contrib import TRPO
+
+        return TRPO
+    raise RLStructError(f"unknown algo {name!r}; choose one of: ppo, trpo, es, distill")
+
+
+def policy_kwargs_from_config(policy_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``policy_kwargs`` of :class:`StructuredActorCriticPolicy` from a ``conf/policy`` mapping."""
+    hidden = list(policy_cfg.get("hidden") or [])
+    critic_hidden = policy_cfg.get("critic_hidden")
+    kwargs: Dict[str, Any] = dict(
+        structure=policy_cfg["structure"],
+        critic_structure=policy_cfg.get("critic_structure"),
+        net_arch=dict(pi=hidden, vf=list(critic_hidden) if critic_hidden is not None else hidden),
+        activation_fn=policy_cfg.get("activation", "tanh"),
+        critic_activation_fn=policy_cfg.get("critic_activation"),
+        layer_kwargs=dict(policy_cfg.get("layer_kwargs") or {}),
+        critic_layer_kwargs=(
+            dict(policy_cfg["critic_layer_kwargs"])
+            if policy_cfg.get("critic_layer_kwargs") is not None else None
+        ),
+    )
+    if policy_cfg.get("log_std_init") is not None:
+        kwargs["log_std_init"] = float(policy_cfg["log_std_init"])
+    if policy_cfg.get("ortho_init") is not None:
+        kwargs["ortho_init"] = bool(policy_cfg["ortho_init"])
+    return kwargs
+
+
+def optimizer_policy_kwargs(name: Optional[str], kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``optimizer_class``/``optimizer_kwargs`` for the policy (``{}``: the algorithm's Adam)."""
+    if not name:
+        return {}
+    from rlstruct.optim import check_optimizer_kwargs, get_optimizer
+
+    kwargs = dict(kwargs or {})
+    check_optimizer_kwargs(name, kwargs)
+    return dict(optimizer_class=get_optimizer(name), optimizer_kwargs=kwargs)
+
+
 POLICY_NAME = "StructuredMlpPolicy"
 
 
@@ -252,8 +297,11 @@ register_policy_aliases()
 
 __all__ = [
     "POLICY_NAME",
+    "algo_class",
     "StructuredActorCriticPolicy",
     "StructuredMlpExtractor",
+    "optimizer_policy_kwargs",
+    "policy_kwargs_from_config",
     "register_policy_aliases",
     "resolve_activation",
 ]

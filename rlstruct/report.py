@@ -216,33 +216,13 @@ def find_runs(paths: Sequence[Path]) -> List[Run]:
 
 
 def _rliable() -> Tuple[Any, Any]:
-    """``(rliable.library, rliable.metrics)``.
+    """``(rliable.library, rliable.metrics)``, imported on first use (they pull in scipy/arch).
 
-    rliable pins ``arch<8``, and arch 7.x calls pandas' private ``deprecate_kwarg`` with its
-    pre-3.0 signature, so ``import rliable.library`` fails under pandas 3. Only for the length of
-    that import, an adapter that accepts the old call is put in place; nothing else is changed.
+    rliable pins ``arch<8``, whose 7.x releases fail to import under pandas 3: pyproject pins
+    ``pandas<3`` for that reason.
     """
-    try:
-        from rliable import library, metrics
-    except TypeError as exc:
-        if "deprecate_kwarg" not in str(exc) and "new_arg_name" not in str(exc):
-            raise
-        import pandas.util._decorators as decorators
+    from rliable import library, metrics
 
-        original = decorators.deprecate_kwarg
-
-        def old_signature(*args: Any, **kwargs: Any) -> Any:
-            if args and isinstance(args[0], str):  # deprecate_kwarg(old_name, new_name)
-                return original(FutureWarning, *args, **kwargs)
-            return original(*args, **kwargs)
-
-        for name in [n for n in sys.modules if n == "arch" or n.startswith("arch.") or n.startswith("rliable")]:
-            del sys.modules[name]
-        decorators.deprecate_kwarg = old_signature
-        try:
-            from rliable import library, metrics
-        finally:
-            decorators.deprecate_kwarg = original
     return library, metrics
 
 

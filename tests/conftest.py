@@ -21,9 +21,9 @@ def tiny_config(tmp_path: Path, **overrides) -> Dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from rlstruct.cli import register_resolvers
+    from rlstruct.cli import register_schema
 
-    register_resolvers()
+    register_schema()
     args: List[str] = [f"{k}={v}" for k, v in overrides.items()]
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose(config_name="config", overrides=args)

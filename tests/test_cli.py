@@ -16,6 +16,8 @@ import pytest
 from conftest import ROOT, run_cli
 
 FAST = ["env=cartpole", "progress_bar=false", "eval.freq=0", "eval.final_episodes=5"]
+# the shared run: periodic evaluations too, so that evaluations.csv exists
+TRAINED = [*FAST[:2], "eval.freq=2048", "eval.episodes=2", "eval.final_episodes=5"]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -33,7 +35,7 @@ def trained_run(tmp_path_factory) -> Path:
     """One short KAMA PPO run on CartPole shared by the tests below."""
     out = tmp_path_factory.mktemp("runs")
     proc = run_cli(
-        "train.py", *FAST, "policy=kama", "total_timesteps=6000", "checkpoint.freq=2048",
+        "train.py", *TRAINED, "policy=kama", "total_timesteps=6000", "checkpoint.freq=2048",
         f"out_dir={out}", "seed=1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,8 +44,9 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 def test_train_writes_the_run_folder(trained_run):
-    for name in ["config.yaml", "metrics.json", "model.zip", "checkpoints/latest.json"]:
+    for name in ["config.yaml", "metrics.json", "model.zip", "state.pkl", "evaluations.csv"]:
         assert (trained_run / name).exists(), name
+    assert not (trained_run / "checkpoints").exists(), "a finished run keeps no checkpoints"
     assert any((trained_run / "tb").iterdir()), "no tensorboard events"
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["status"] == "finished"
@@ -104,7 +107,6 @@ def test_resume_after_kill(tmp_path):
 def test_resume_with_another_structure_is_refused(trained_run, tmp_path):
     copy = tmp_path / trained_run.name
     shutil.copytree(trained_run, copy)
-    (copy / "model.zip").unlink()
     proc = run_cli("train.py", *FAST, "policy=toeplitz", "seed=1", "resume=true",
                    f"hydra.run.dir={copy}")
     one_line_error(proc, "cannot resume", "'policy'")
@@ -156,7 +158,8 @@ def test_evaluate_checkpoint_from_another_structure(trained_run, tmp_path):
     import rlstruct.policies  # noqa: F401  (registers "StructuredMlpPolicy")
     from rlstruct.errors import RLStructError
     from rlstruct.io import load_policy_weights
-    from rlstruct.runner import make_vec_env, policy_kwargs_from_config
+    from rlstruct.envs import make_vec_env
+    from rlstruct.policies import policy_kwargs_from_config
 
     cfg = yaml.safe_load(config)
     cfg["policy"]["layer_kwargs"] = {}
@@ -195,17 +198,25 @@ def test_projunn_optimizer_from_config(tmp_path):
     assert isinstance(model.policy.optimizer, ProjUNND)
 
 
-def test_command_line_settings_beat_the_env_settings():
-    from rlstruct.cli import command_line_wins
+def test_precedence_algo_then_env_algo_then_recipe_then_command_line(tmp_path):
+    from conftest import tiny_config
 
-    def cfg(algo):
-        return {"algo": {"name": algo}, "env": {"hyperparams": {
-            "ppo": {"learning_rate": 1e-3, "n_steps": 256}, "es": {"alive_bonus": 1.0, "sigma": 0.1}}}}
+    # conf/env_algo/cartpole_ppo.yaml beats conf/algo/ppo.yaml
+    assert tiny_config(tmp_path)["algo"]["kwargs"]["learning_rate"] == 1e-3
+    # conf/tuned/zoo_hopper_ppo.yaml beats both; the command line beats the recipe
+    zoo = tiny_config(tmp_path, env="hopper", recipe="zoo")
+    assert zoo["algo"]["kwargs"]["learning_rate"] == 9.80828e-05 and zoo["policy"]["hidden"] == [256, 256]
+    mine = tiny_config(tmp_path, env="hopper", recipe="zoo", **{"algo.kwargs.learning_rate": 1e-4, "policy.hidden": "[64,64]"})
+    assert mine["algo"]["kwargs"]["learning_rate"] == 1e-4 and mine["policy"]["hidden"] == [64, 64]
+    assert mine["recipe"] == {"name": "zoo", "applied": "zoo_hopper_ppo"}
+    # ES on Hopper gets its alive bonus from conf/env_algo, unless the command line says otherwise
+    assert tiny_config(tmp_path, env="hopper", algo="es")["algo"]["alive_bonus"] == 1.0
+    assert tiny_config(tmp_path, env="hopper", algo="es", **{"algo.alive_bonus": 0.0})["algo"]["alive_bonus"] == 0.0
 
-    ppo = command_line_wins(cfg("ppo"), ["env=cartpole", "algo.kwargs.learning_rate=5e-4", "seed=1"])
-    assert ppo["env"]["hyperparams"]["ppo"] == {"n_steps": 256}
-    es = command_line_wins(cfg("es"), ["algo=es", "+algo.alive_bonus=0.0", "env.hyperparams.es.sigma=0.2"])
-    assert es["env"]["hyperparams"]["es"] == {"sigma": 0.1}
+
+def test_a_recipe_without_settings_for_the_env_is_refused(tmp_path):
+    proc = run_cli("train.py", *FAST, "recipe=zoo", f"out_dir={tmp_path}")
+    one_line_error(proc, "recipe=zoo has no settings for env=cartpole algo=ppo")
 
 
 def test_command_line_learning_rate_reaches_the_model(tmp_path):
@@ -239,15 +250,24 @@ def test_evaluate_records_a_video(tmp_path):
 
 
 def test_run_settings_are_checked_before_training():
+    from rlstruct.config import RunConfig
     from rlstruct.errors import RLStructError
-    from rlstruct.runner import check_run_settings
 
-    base = {"algo": {"name": "ppo"}, "total_timesteps": 1e6, "n_envs": 1, "eval": {"freq": 0, "final_episodes": 10}}
-    check_run_settings(base)  # an integral float budget is fine
+    base = {"env": {"id": "CartPole-v1"}, "policy": {"structure": "dense"}, "algo": {"name": "ppo"},
+            "total_timesteps": 1e6, "n_envs": 1, "eval": {"freq": 0, "final_episodes": 10}}
+    assert RunConfig.from_dict(base).total_timesteps == 1_000_000  # an integral float budget is fine
     with pytest.raises(RLStructError, match="eval.final_episodes must be a positive integer, got 0"):
-        check_run_settings({**base, "eval": {"freq": 0, "final_episodes": 0}})
+        RunConfig.from_dict({**base, "eval": {"freq": 0, "final_episodes": 0}})
     with pytest.raises(RLStructError, match="total_timesteps must be a positive integer, got -5"):
-        check_run_settings({**base, "total_timesteps": -5})
-    check_run_settings({**base, "algo": {"name": "distill"}, "total_timesteps": 0})  # distill ignores it
+        RunConfig.from_dict({**base, "total_timesteps": -5})
+    RunConfig.from_dict({**base, "algo": {"name": "distill"}, "total_timesteps": 0})  # distill ignores it
     with pytest.raises(RLStructError, match="optimizer=projunn_d does not apply to algo=es"):
-        check_run_settings({**base, "algo": {"name": "es"}, "optimizer": "projunn_d"})
+        RunConfig.from_dict({**base, "algo": {"name": "es"}, "optimizer": "projunn_d"})
+    with pytest.raises(RLStructError, match="unknown run settings \\['sed'\\]"):
+        RunConfig.from_dict({**base, "sed": 3})
+    with pytest.raises(RLStructError, match="unknown eval settings \\['fre'\\]"):
+        RunConfig.from_dict({**base, "eval": {"fre": 3}})
+    with pytest.raises(RLStructError, match="seed must be an integer >= 0, got 'abc'"):
+        RunConfig.from_dict({**base, "seed": "abc"})
+    with pytest.raises(RLStructError, match="unknown algo 'ppo2'"):
+        RunConfig.from_dict({**base, "algo": {"name": "ppo2"}})

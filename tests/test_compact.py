@@ -12,7 +12,8 @@ from conftest import ROOT, tiny_config
 from rlstruct.compact import export_run, is_compact_policy, load_compact_policy
 from rlstruct.errors import RLStructError
 from rlstruct.evaluation import evaluate_saved
-from rlstruct.runner import load_run, train
+from rlstruct.run import load_run
+from rlstruct.runner import train
 
 SHIPPED = sorted(p for p in (ROOT / "policies").glob("*") if is_compact_policy(p))
 

@@ -15,9 +15,12 @@ import torch
 import yaml
 
 from conftest import run_cli, tiny_config
-from rlstruct.algos.distill import BestPolicy, DistillSettings, load_teacher, train_distill
+from rlstruct.algos.distill import BestPolicy, DistillSettings, load_teacher
 from rlstruct.errors import RLStructError
-from rlstruct.runner import load_run, make_vec_env, policy_kwargs_from_config, train
+from rlstruct.envs import make_vec_env
+from rlstruct.policies import policy_kwargs_from_config
+from rlstruct.run import load_run
+from rlstruct.runner import train
 
 PPO_METRIC_KEYS = {"status", "steps", "wall_time_s", "steps_per_s", "final_eval", "params", "compression"}
 
@@ -54,7 +57,7 @@ def _distill_config(tmp_path: Path, env: str, policy: str, teacher, **algo) -> d
 
 def _fresh_teacher_states(teacher_dir: Path, env_cfg: dict, steps: int):
     """States the fit never saw: the teacher's own (sampled) rollout from another seed, normalized as it sees them."""
-    from rlstruct.runner import attach_vecnormalize
+    from rlstruct.envs import attach_vecnormalize
 
     teacher = load_teacher(str(teacher_dir))
     venv = attach_vecnormalize(make_vec_env(env_cfg, 1, seed=777), teacher_dir / "vecnormalize.pkl")
@@ -77,7 +80,7 @@ def _untrained_student(cfg: dict, seed: int):
 
 def test_discrete_student_agrees_with_the_teacher_and_loads_like_a_ppo_run(tmp_path, cartpole_teacher):
     cfg = _distill_config(tmp_path, "cartpole", "kama", cartpole_teacher)
-    metrics = train_distill(cfg, tmp_path / "run")
+    metrics = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
 
     model, venv, saved = load_run(run)
@@ -101,7 +104,7 @@ def test_discrete_student_agrees_with_the_teacher_and_loads_like_a_ppo_run(tmp_p
 def test_continuous_student_fits_the_teacher_means_with_the_teacher_statistics(tmp_path, pendulum_teacher):
     cfg = _distill_config(tmp_path, "pendulum", "toeplitz", pendulum_teacher)
     cfg["env"]["normalize_obs"] = False  # the teacher's normalization wins and is recorded
-    train_distill(cfg, tmp_path / "run")
+    train(cfg, tmp_path / "run")
     run = tmp_path / "run"
 
     model, venv, saved = load_run(run)
@@ -126,7 +129,7 @@ def test_dagger_and_fine_tuning_steps_add_up_and_continue_the_statistics(tmp_pat
     cfg = _distill_config(tmp_path, "pendulum", "kama", pendulum_teacher, dagger_rounds=1, dagger_steps=500,
                           finetune_steps=1024, epochs=5, finetune_keep_best=False)
     cfg["eval"]["freq"] = 1024
-    metrics = train_distill(cfg, tmp_path / "run")
+    metrics = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
 
     assert metrics["steps"] == 3000 + 500 + 1024  # Pendulum's PPO n_steps is 1024: no rounding up
@@ -150,7 +153,7 @@ def test_fine_tuning_ends_with_the_best_evaluated_policy_and_its_statistics(tmp_
     cfg = _distill_config(tmp_path, "pendulum", "kama", pendulum_teacher, finetune_steps=4096, epochs=5,
                           finetune_kwargs={"n_steps": 512, "batch_size": 64})
     cfg["eval"].update(freq=512, episodes=2)
-    metrics = train_distill(cfg, tmp_path / "run")
+    metrics = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
 
     rows = list(csv.DictReader(open(run / "evaluations.csv")))
@@ -176,7 +179,7 @@ def test_fine_tuning_ends_with_the_best_evaluated_policy_and_its_statistics(tmp_
 def test_best_policy_restores_the_parameters_and_statistics_it_kept(tmp_path, pendulum_teacher):
     from stable_baselines3 import PPO
 
-    from rlstruct.runner import attach_vecnormalize
+    from rlstruct.envs import attach_vecnormalize
 
     venv = attach_vecnormalize(make_vec_env({"id": "Pendulum-v1"}, 1, 0), pendulum_teacher / "vecnormalize.pkl")
     policy_cfg = tiny_config(tmp_path, env="pendulum", policy="kama")["policy"]
@@ -207,7 +210,7 @@ def test_best_policy_restores_the_parameters_and_statistics_it_kept(tmp_path, pe
 def test_bad_teachers_give_one_line_errors(tmp_path, cartpole_teacher):
     def fails(teacher, message, env="cartpole"):
         with pytest.raises(RLStructError, match=message) as info:
-            train_distill(_distill_config(tmp_path, env, "kama", teacher), tmp_path / f"run{len(fails.seen)}")
+            train(_distill_config(tmp_path, env, "kama", teacher), tmp_path / f"run{len(fails.seen)}")
         fails.seen.append(str(info.value))
         assert "\n" not in str(info.value)
 
@@ -221,13 +224,13 @@ def test_bad_teachers_give_one_line_errors(tmp_path, cartpole_teacher):
     (tmp_path / "broken.zip").write_bytes(b"not a zip")
     fails(tmp_path / "broken.zip", "is unreadable")
     with pytest.raises(RLStructError, match="unknown distillation settings"):
-        DistillSettings.from_config({"algo": {"name": "distill", "teacher": "x", "epoch": 3}})
+        DistillSettings.from_config({"name": "distill", "teacher": "x", "epoch": 3})
     with pytest.raises(RLStructError, match="holdout"):
-        DistillSettings.from_config({"algo": {"name": "distill", "teacher": "x", "holdout": 1.5}})
+        DistillSettings.from_config({"name": "distill", "teacher": "x", "holdout": 1.5})
     cfg = _distill_config(tmp_path, "cartpole", "kama", cartpole_teacher, finetune_steps=512)
     cfg["eval"]["freq"] = 0
     with pytest.raises(RLStructError, match="eval.freq is 0; set eval.freq > 0 or algo.finetune_keep_best=false"):
-        train_distill(cfg, tmp_path / "nofreq")
+        train(cfg, tmp_path / "nofreq")
 
 
 def test_train_py_reports_a_missing_teacher_in_one_line(tmp_path):

@@ -18,7 +18,9 @@ from rlstruct.algos.es import ESSettings, EvolutionStrategy, PolicyActor, env_sp
 from rlstruct.algos.estimators import es_gradient, sample_directions
 from rlstruct.algos.rollout import RunningStats
 from rlstruct.errors import RLStructError
-from rlstruct.runner import load_run, make_vec_env, train
+from rlstruct.envs import make_vec_env
+from rlstruct.run import load_run
+from rlstruct.runner import train
 
 CARTPOLE = {"name": "cartpole", "id": "CartPole-v1", "normalize_obs": True}
 PENDULUM = {"name": "pendulum", "id": "Pendulum-v1", "normalize_obs": True}
@@ -233,7 +235,7 @@ def test_ray_backend_gives_the_local_result_even_when_an_actor_dies(reference_ru
 )
 def test_bad_settings_raise_a_clear_error(override, message):
     with pytest.raises(RLStructError, match=message):
-        ESSettings.from_config({"algo": {"name": "es", **override}, "env": {}})
+        ESSettings.from_config({"name": "es", **override})
 
 
 def test_bad_backends_raise_a_clear_error():
@@ -265,14 +267,14 @@ def test_train_with_algo_es_writes_a_ppo_loadable_run(tmp_path):
     from stable_baselines3 import PPO
 
     from rlstruct.policies import StructuredActorCriticPolicy
-    from rlstruct.runner import evaluate_model
+    from rlstruct.envs import evaluate_episodes as evaluate_model
 
     run = tmp_path / "run"
     metrics = train(_es_config(tmp_path, 3200, env="cartpole"), run, command="train.py algo=es")
     for name in ("config.yaml", "metrics.json", "evaluations.csv", "model.zip", "vecnormalize.pkl"):
         assert (run / name).is_file(), name
     assert list((run / "tb").rglob("events.out.tfevents*"))
-    assert list((run / "checkpoints").glob("step_*/model.zip"))
+    assert not (run / "checkpoints").exists(), "a finished run keeps no checkpoints"
     saved = json.loads((run / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert saved["status"] == "finished" and saved["algo"] == "es"
@@ -281,7 +283,7 @@ def test_train_with_algo_es_writes_a_ppo_loadable_run(tmp_path):
     for key in ("params", "compression", "git_commit", "steps_per_s", "wall_time_s", "final_eval"):
         assert key in saved
     rows = (run / "evaluations.csv").read_text().splitlines()
-    assert rows[0] == "step,mean_reward,std_reward,episodes,wall_s" and len(rows) >= 2
+    assert rows[0] == "step,mean_reward,std_reward,episodes,wall_s,rewards" and len(rows) >= 2
 
     model = PPO.load(run / "model.zip", device="cpu")
     assert isinstance(model.policy, StructuredActorCriticPolicy)
@@ -295,11 +297,25 @@ def test_train_with_algo_es_writes_a_ppo_loadable_run(tmp_path):
     assert metrics["final_eval"]["episodes"] == 2
 
 
-def test_resumed_es_run_continues_exactly(tmp_path):
+@pytest.mark.parametrize("how", ["extended", "killed"])
+def test_resumed_es_run_continues_exactly(tmp_path, monkeypatch, how):
+    from rlstruct.run import RunFolder
+
     straight = train(_es_config(tmp_path, 4800), tmp_path / "straight")
     part = tmp_path / "part"
-    train(_es_config(tmp_path, 3200), part)
-    (part / "model.zip").unlink()  # as if killed after the last checkpoint
+    if how == "extended":  # a finished 3200-step run, extended to 4800
+        train(_es_config(tmp_path, 3200), part)
+    else:  # killed right after its first checkpoint
+        original = RunFolder.write_checkpoint
+
+        def write_then_die(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(RunFolder, "write_checkpoint", write_then_die)
+            with pytest.raises(KeyboardInterrupt):
+                train(_es_config(tmp_path, 4800), part)
     resumed = train(_es_config(tmp_path, 4800, resume=True), part)
     assert resumed["steps"] == straight["steps"] == 4800
     from stable_baselines3 import PPO

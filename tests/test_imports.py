@@ -168,7 +168,6 @@ def test_no_cycles_in_the_core():
     assert cycles(GRAPH, core) == []
 
 
-@pytest.mark.xfail(reason="runner refactor in progress", strict=False)
 def test_no_cycles_in_the_whole_package():
     assert cycles(GRAPH, set(GRAPH)) == []
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from rlstruct.layers import StructuredLinear
-from rlstruct.runner import algo_class, evaluate_model, make_vec_env
+from rlstruct.envs import evaluate_episodes as evaluate_model
+from rlstruct.envs import make_vec_env
+from rlstruct.policies import algo_class
 
 TRPO = algo_class("trpo")  # also registers "StructuredMlpPolicy" with TRPO
 

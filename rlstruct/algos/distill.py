@@ -18,7 +18,7 @@ The teacher is any saved SB3 actor-critic policy (a PPO/TRPO/ES run folder of ou
    not that one, is saved in ``last/``, a run folder of its own).
 
 The student starts with the teacher's ``log_std`` (so fine-tuning explores as the teacher did)
-and keeps it fixed during the fit. The run folder is the one :mod:`rlstruct.runner` documents;
+and keeps it fixed during the fit. The run folder is the one :mod:`rlstruct.run` documents;
 ``model.zip`` is a PPO model holding the student, ``vecnormalize.pkl`` the teacher's statistics
 (or those of the policy kept after fine-tuning), and ``steps`` counts every environment step
 spent (teacher and DAgger rollouts + fine-tuning), so a distilled run compares with a
@@ -39,10 +39,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rlstruct.algos.callbacks import recorder_callback
 from rlstruct.algos.settings import settings_from_values
+from rlstruct.config import RunConfig
+from rlstruct.envs import attach_vecnormalize, evaluate_episodes, make_eval_env, make_vec_env, sync_normalization
 from rlstruct.errors import RLStructError
-
-_EVAL_SEED_OFFSET = 10_000
+from rlstruct.run import CONFIG_FILE, MODEL_FILE, TB_DIR, VECNORM_FILE, Recorder, RunFolder, banner
 
 
 @dataclass
@@ -64,8 +66,8 @@ class DistillSettings:
     finetune_keep_best: bool = True
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "DistillSettings":
-        values = {k: v for k, v in cfg["algo"].items() if k != "name"}
+    def from_config(cls, algo_cfg: Dict[str, Any]) -> "DistillSettings":
+        values = {k: v for k, v in algo_cfg.items() if k != "name"}
         return settings_from_values(cls, values, "distillation")
 
     def validate(self) -> None:
@@ -163,7 +165,6 @@ def _load_policy(model_path: Path):
 
 def load_teacher(path: str) -> Teacher:
     """Load the teacher at ``path``: a run folder, or a ``model.zip`` (statistics beside it)."""
-    from rlstruct import runner as rn
     from rlstruct.io import load_pickle
 
     source = Path(path)
@@ -173,26 +174,19 @@ def load_teacher(path: str) -> Teacher:
         )
     metrics = None
     if source.is_dir():
-        model_path = source / rn.MODEL_FILE
-        if not model_path.is_file():
-            checkpoint = rn.latest_checkpoint(source)
-            if checkpoint is None:
-                raise RLStructError(
-                    f"teacher folder {source} has no {rn.MODEL_FILE} and no checkpoint; pass a finished run"
-                )
-            model_path = checkpoint.folder / rn.MODEL_FILE
-        if (source / rn.METRICS_FILE).is_file():
-            metrics = json.loads((source / rn.METRICS_FILE).read_text())
-        if (source / rn.CONFIG_FILE).is_file():
-            env_cfg = rn.read_config(source)["env"]
-            if env_cfg.get("normalize_obs") and not (model_path.parent / rn.VECNORM_FILE).is_file():
+        folder = RunFolder(source)
+        model_path = folder.saved_model().model
+        metrics = folder.read_metrics()
+        if (source / CONFIG_FILE).is_file():
+            env_cfg = folder.read_config()["env"]
+            if env_cfg.get("normalize_obs") and not (model_path.parent / VECNORM_FILE).is_file():
                 raise RLStructError(
                     f"teacher {source} was trained with normalized observations but "
-                    f"{model_path.parent / rn.VECNORM_FILE} is missing; copy it from a checkpoint folder"
+                    f"{model_path.parent / VECNORM_FILE} is missing; copy it from a checkpoint folder"
                 )
     else:
         model_path = source
-    vecnorm_path = model_path.parent / rn.VECNORM_FILE
+    vecnorm_path = model_path.parent / VECNORM_FILE
     normalizer = load_pickle(vecnorm_path, "teacher normalization") if vecnorm_path.is_file() else None
     return Teacher(_load_policy(model_path), normalizer, vecnorm_path if normalizer else None, model_path, metrics)
 
@@ -436,37 +430,30 @@ class BestPolicy:
             venv.obs_rms, venv.ret_rms = self.obs_rms.copy(), self.ret_rms.copy()
 
 
-def _keep_best_callback(run_dir: Path, best: BestPolicy):
+def _keep_best_callback(folder: RunFolder, best: BestPolicy):
     """A callback offering ``best`` each policy the run's periodic evaluation has just scored.
 
-    It must come after :func:`rlstruct.runner._make_callback`'s callback in a ``CallbackList``:
-    that one appends a row to ``evaluations.csv`` at each evaluation, and the newest row scores
-    the current policy (read back rather than evaluating the policy a second time).
+    It must come after the recorder's callback in a ``CallbackList``: that one appends a row to
+    ``evaluations.csv`` at each evaluation, and the newest row scores the current policy (read
+    back rather than evaluating the policy a second time).
     """
-    import csv
-
     from stable_baselines3.common.callbacks import BaseCallback
-
-    from rlstruct import runner as rn
-
-    path = run_dir / rn.EVAL_FILE
 
     class KeepBest(BaseCallback):
         def _on_training_start(self) -> None:
-            self._rows = self._read()
-
-        def _read(self) -> List[Dict[str, str]]:
-            with open(path, newline="") as handle:
-                return list(csv.DictReader(handle))
+            self._rows = folder.evaluations()
 
         def _on_step(self) -> bool:
             return True
 
-        def _on_rollout_end(self) -> None:
-            rows = self._read()
+        def _on_rollout_start(self) -> None:
+            rows = folder.evaluations()
             if len(rows) > len(self._rows):
                 best.offer(float(rows[-1]["mean_reward"]), int(rows[-1]["step"]), self.model.policy, self.training_env)
             self._rows = rows
+
+        def _on_training_end(self) -> None:  # after the recorder's evaluation of the last update
+            self._on_rollout_start()
 
     return KeepBest()
 
@@ -477,59 +464,45 @@ def _save_last_iterate(run_dir: Path, model, venv) -> Path:
 
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from rlstruct import runner as rn
     from rlstruct.io import save_pickle_atomic, save_sb3_model
 
     last = run_dir / "last"
     last.mkdir(exist_ok=True)
-    save_sb3_model(model, last / rn.MODEL_FILE)
+    save_sb3_model(model, last / MODEL_FILE)
     if isinstance(venv, VecNormalize):
-        save_pickle_atomic(venv, last / rn.VECNORM_FILE)
-    shutil.copyfile(run_dir / rn.CONFIG_FILE, last / rn.CONFIG_FILE)
+        save_pickle_atomic(venv, last / VECNORM_FILE)
+    shutil.copyfile(run_dir / CONFIG_FILE, last / CONFIG_FILE)
     return last
 
 
 # ------------------------------------------------------------------------------------------------
-# the run folder (same layout as rlstruct.runner.train)
-def _open_run(run_dir: Path) -> None:
-    from rlstruct import runner as rn
-
-    if (run_dir / rn.MODEL_FILE).exists() or (run_dir / rn.METRICS_FILE).exists():
-        raise RLStructError(
-            f"{run_dir} already holds a run (distillation does not resume); choose another seed or "
-            "out_dir (or delete the folder to start over)"
-        )
-
-
-def _run_config(cfg: Dict[str, Any], settings: DistillSettings, teacher: Teacher) -> Dict[str, Any]:
+# the run (through the recorder, rlstruct.run)
+def _run_config(config: RunConfig, settings: DistillSettings, teacher: Teacher) -> RunConfig:
     """The config the run really uses: the teacher's normalization, the step budget as total_timesteps."""
-    run_cfg = copy.deepcopy(cfg)
+    values = copy.deepcopy(config.to_dict())
     norm = teacher.normalizer
-    run_cfg["env"]["normalize_obs"] = bool(norm is not None and norm.norm_obs)
-    run_cfg["env"]["normalize_reward"] = bool(norm is not None and norm.norm_reward)
+    values["env"]["normalize_obs"] = bool(norm is not None and norm.norm_obs)
+    values["env"]["normalize_reward"] = bool(norm is not None and norm.norm_reward)
     for key in ("normalize_obs", "normalize_reward"):
-        if bool(cfg["env"].get(key, False)) != run_cfg["env"][key]:
-            print(f"[rlstruct] distill: env.{key}={run_cfg['env'][key]} (the teacher's normalization)", flush=True)
-    run_cfg["total_timesteps"] = settings.budget
-    return run_cfg
+        if bool(config.env.get(key, False)) != values["env"][key]:
+            print(f"[rlstruct] distill: env.{key}={values['env'][key]} (the teacher's normalization)", flush=True)
+    values["total_timesteps"] = settings.budget
+    return RunConfig.from_dict(values)
 
 
-def _make_student(cfg: Dict[str, Any], settings: DistillSettings, venv, teacher: Teacher):
+def _make_student(config: RunConfig, settings: DistillSettings, venv, teacher: Teacher):
     """A PPO model holding the student; ``log_std`` copied from the teacher when shapes match."""
-    from stable_baselines3 import PPO
+    from rlstruct.policies import algo_class, optimizer_policy_kwargs, policy_kwargs_from_config
 
-    from rlstruct import runner as rn
-
-    ppo_kwargs = dict((cfg["env"].get("hyperparams") or {}).get("ppo") or {})
-    ppo_kwargs.update(settings.finetune_kwargs or {})
-    model = PPO(
+    model = algo_class("distill")(
         "StructuredMlpPolicy",
         venv,
-        policy_kwargs={**rn.policy_kwargs_from_config(cfg["policy"]), **rn.optimizer_policy_kwargs(cfg)},
-        seed=int(cfg["seed"]),
+        policy_kwargs={**policy_kwargs_from_config(config.policy),
+                       **optimizer_policy_kwargs(config.optimizer, config.optimizer_kwargs)},
+        seed=config.seed,
         device="cpu",
         verbose=0,
-        **ppo_kwargs,
+        **dict(settings.finetune_kwargs or {}),
     )
     teacher_log_std = getattr(teacher.policy, "log_std", None)
     student_log_std = getattr(model.policy, "log_std", None)
@@ -540,19 +513,21 @@ def _make_student(cfg: Dict[str, Any], settings: DistillSettings, venv, teacher:
     return model
 
 
-def _attach_teacher_normalizer(venv, teacher: Teacher):
-    """``venv`` behind a fresh load of the teacher's statistics, frozen; unchanged if it had none."""
-    from rlstruct import runner as rn
+def _save_files(model, venv):
+    from stable_baselines3.common.vec_env import VecNormalize
 
-    if teacher.normalizer_path is None:
-        return venv
-    normalizer = rn.attach_vecnormalize(venv, teacher.normalizer_path)
-    normalizer.training = False
-    return normalizer
+    from rlstruct.io import save_pickle_atomic, save_sb3_model
+
+    def save(folder: Path) -> None:
+        save_sb3_model(model, folder / MODEL_FILE)
+        if isinstance(venv, VecNormalize):
+            save_pickle_atomic(venv, folder / VECNORM_FILE)
+
+    return save
 
 
-def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) -> Dict[str, Any]:
-    """Distill the teacher of ``cfg['algo']`` into the ``cfg['policy']`` student in ``run_dir``.
+def train_distill(config: RunConfig, recorder: Recorder) -> Dict[str, Any]:
+    """Distill the teacher of ``config.algo`` into the ``config.policy`` student.
 
     Returns ``metrics.json`` (a PPO run's keys, plus ``distill``: teacher, data, losses and
     held-out agreement before and after the fit). See the module doc for the procedure.
@@ -561,56 +536,39 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.vec_env import VecNormalize
 
-    from rlstruct import runner as rn
-    from rlstruct.io import atomic_write_json, atomic_write_text, save_pickle_atomic, save_sb3_model
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    settings = DistillSettings.from_config(cfg)
-    if settings.finetune_steps and settings.finetune_keep_best and not int((cfg.get("eval") or {}).get("freq", 0) or 0):
+    settings = DistillSettings.from_config(config.algo)
+    if settings.finetune_steps and settings.finetune_keep_best and not config.eval.freq:
         raise RLStructError(
             "algo.finetune_keep_best picks among the periodic evaluations, but eval.freq is 0; "
             "set eval.freq > 0 or algo.finetune_keep_best=false"
         )
-    _open_run(run_dir)
     teacher = load_teacher(settings.teacher)
-    seed = int(cfg["seed"])
-    venv = rn.make_vec_env(cfg["env"], 1, seed)
-    check_teacher_spaces(teacher, venv, cfg["env"]["id"])
-    cfg = _run_config(cfg, settings, teacher)
-    venv = _attach_teacher_normalizer(venv, teacher)
-    atomic_write_text(run_dir / rn.CONFIG_FILE, rn._yaml_dump(cfg))
+    venv = make_vec_env(config.env, 1, config.seed)
+    check_teacher_spaces(teacher, venv, config.env["id"])
+    config = _run_config(config, settings, teacher)
+    recorder.replace_config(config)
+    if teacher.normalizer_path is not None:  # the teacher's statistics, frozen during the fit
+        venv = attach_vecnormalize(venv, teacher.normalizer_path, training=False)
 
-    model = _make_student(cfg, settings, venv, teacher)
-    logger = configure(str(run_dir / rn.TB_DIR), ["tensorboard"])
+    model = _make_student(config, settings, venv, teacher)
+    logger = configure(str(recorder.run_dir / TB_DIR), ["tensorboard"])
     model.set_logger(logger)
     counts = model.policy.parameter_counts()
-    metrics = rn._base_metrics(cfg, counts, command)
-    metrics["status"] = "running"
-    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
-    print(
-        f"[rlstruct] {cfg['env']['id']} distill {teacher.model_path} -> structure={cfg['policy']['structure']} "
-        f"params={counts['total']} (dense {counts['dense_total']}, {counts['dense_total'] / counts['total']:.1f}x "
-        f"fewer); budget {settings.budget} steps -> {run_dir}",
-        flush=True,
-    )
-    eval_cfg = cfg.get("eval") or {}
-    eval_env = rn.make_eval_env(cfg, seed + _EVAL_SEED_OFFSET)
-    clock = {"start": time.perf_counter(), "before": 0.0}
+    # the periodic evaluations start with the fine-tuning, after the teacher and DAgger rollouts
+    recorder.begin(counts, settings.rollout_steps, banner(config, counts, f"; teacher {teacher.model_path}, budget {settings.budget} steps"))
+    eval_env = make_eval_env(config.env, config.eval_seed)
 
-    fit = distill(model, teacher, venv, settings, seed, logger)
+    fit = distill(model, teacher, venv, settings, config.seed, logger)
     model.num_timesteps = settings.rollout_steps
-    rn.sync_normalization(venv, eval_env)
-    deterministic = bool(eval_cfg.get("deterministic", True))
-    rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("episodes", 5)), deterministic)
+    sync_normalization(venv, eval_env)
+    deterministic = config.eval.deterministic
+    rewards = evaluate_episodes(model, eval_env, config.eval.episodes, deterministic, seed=config.eval_seed)
     distilled_eval = dict(mean=float(np.mean(rewards)), std=float(np.std(rewards)), episodes=len(rewards))
-    logger.record("eval/mean_reward", distilled_eval["mean"])
-    logger.record("eval/std_reward", distilled_eval["std"])
+    recorder.record_evaluation(model.num_timesteps, rewards, logger)
     logger.dump(step=model.num_timesteps)
-    rn.append_evaluation(run_dir, model.num_timesteps, rewards, rn.clock_elapsed(clock))
     print(
         f"[rlstruct] distilled on {fit.fit_states} states: held-out {fit.after[-1]} (before {fit.before}); "
-        f"reward {distilled_eval['mean']:.1f} +- {distilled_eval['std']:.1f}",
+        f"reward {distilled_eval['mean']:.1f} +- {distilled_eval['std']:.1f} (std over episodes)",
         flush=True,
     )
 
@@ -619,34 +577,29 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
     if settings.finetune_steps > 0:
         if isinstance(venv, VecNormalize):
             venv.training = True
-        finetune_cfg = dict(cfg, checkpoint={"freq": 0})
-        callbacks = [rn._make_callback(run_dir, finetune_cfg, eval_env, clock)]
+            venv.norm_reward = bool(config.env.get("normalize_reward"))
+        callbacks = [recorder_callback(recorder, eval_env, save=None)]
         if settings.finetune_keep_best:  # the distilled policy is the first candidate
             best = BestPolicy.snapshot(distilled_eval["mean"], model.num_timesteps, model.policy, venv)
-            callbacks.append(_keep_best_callback(run_dir, best))
+            callbacks.append(_keep_best_callback(recorder.folder, best))
         model.learn(
             total_timesteps=settings.finetune_steps,
             callback=CallbackList(callbacks),
             reset_num_timesteps=False,
-            progress_bar=bool(cfg.get("progress_bar", True)),
+            progress_bar=config.progress_bar,
         )
         finetune = dict(keep_best=settings.finetune_keep_best, last_step=int(model.num_timesteps), last_dir=None)
         if settings.finetune_keep_best:
             finetune.update(kept_step=best.step, kept_eval_mean=best.reward)
             if best.step != model.num_timesteps:
-                finetune["last_dir"] = str(_save_last_iterate(run_dir, model, venv))
+                finetune["last_dir"] = str(_save_last_iterate(recorder.run_dir, model, venv))
                 best.restore(model.policy, venv)
-    elapsed = rn.clock_elapsed(clock)
 
-    save_sb3_model(model, run_dir / rn.MODEL_FILE)
-    if isinstance(venv, VecNormalize):
-        save_pickle_atomic(venv, run_dir / rn.VECNORM_FILE)
-    rn.sync_normalization(venv, eval_env)
-    rewards = rn.evaluate_model(model, eval_env, int(eval_cfg.get("final_episodes", 10)), deterministic)
+    sync_normalization(venv, eval_env)
+    rewards = evaluate_episodes(model, eval_env, config.eval.final_episodes, deterministic, seed=config.eval_seed)
     steps = int(model.num_timesteps)
     teacher_eval = (teacher.metrics or {}).get("final_eval")
-    metrics.update(rn.finished_fields(rewards, steps, elapsed, steps, elapsed, deterministic))
-    metrics.update(
+    extra = dict(
         distill=dict(
             teacher=str(teacher.model_path),
             teacher_params=(teacher.metrics or {}).get("params"),
@@ -664,9 +617,8 @@ def train_distill(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = N
             finetune=finetune,
         ),
     )
-    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
+    metrics = recorder.finish(steps, _save_files(model, venv), rewards, extra)
     venv.close()
     eval_env.close()
     logger.close()
-    rn.print_done(metrics)
     return metrics

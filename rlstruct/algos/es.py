@@ -15,9 +15,9 @@ iteration:
    an SGD or Adam step with weight decay.
 
 Nothing depends on the number of workers or on the backend: the same seed gives the same
-parameters. :func:`train_es` writes the same run folder as PPO (see :mod:`rlstruct.runner`):
-``model.zip`` is a PPO model holding the ES policy, so ``PPO.load`` and ``rlstruct.runner.load_run``
-open it, and ``vecnormalize.pkl`` holds the ES observation statistics.
+parameters. :func:`train_es` writes the same run folder as PPO (see :mod:`rlstruct.run`):
+``model.zip`` is a PPO model holding the ES policy, so ``PPO.load`` and ``evaluate.py`` open it,
+and ``vecnormalize.pkl`` holds the ES observation statistics.
 """
 
 from __future__ import annotations
@@ -53,13 +53,15 @@ from rlstruct.algos.rollout import (
     run_task,
 )
 from rlstruct.algos.settings import settings_from_values
+from rlstruct.config import RunConfig
+from rlstruct.envs import evaluate_episodes, make_eval_env, make_vec_env, normalizes, sync_normalization
 from rlstruct.errors import RLStructError
 from rlstruct.layers import StructuredLinear
+from rlstruct.run import MODEL_FILE, TB_DIR, VECNORM_FILE, Recorder, StartPoint, banner
 
 # Domain tags keep the direction and episode seed streams apart.
 _DIRECTION_STREAM = 0xD1
 _EPISODE_STREAM = 0xE9
-_EVAL_SEED_OFFSET = 10_000
 
 
 @dataclass
@@ -83,11 +85,9 @@ class ESSettings:
     start_method: str = "spawn"
 
     @classmethod
-    def from_config(cls, cfg: Dict[str, Any]) -> "ESSettings":
-        """Settings from a run config: ``algo`` overlaid by ``env.hyperparams.es`` (as for PPO)."""
-        algo_cfg = cfg["algo"]
+    def from_config(cls, algo_cfg: Dict[str, Any]) -> "ESSettings":
+        """Settings from the ``algo`` section of a run config (validated)."""
         values = {k: v for k, v in algo_cfg.items() if k != "name"}
-        values.update((cfg.get("env", {}).get("hyperparams") or {}).get("es") or {})
         return settings_from_values(cls, values, "ES")
 
     def validate(self) -> None:
@@ -310,7 +310,7 @@ class EvolutionStrategy:
 
 
 # ------------------------------------------------------------------------------------------------
-# the run folder (same layout as rlstruct.runner.train)
+# the run: model file, evaluations and checkpoints through the recorder (rlstruct.run)
 def env_spec_from_config(env_cfg: Dict[str, Any], settings: ESSettings) -> EnvSpec:
     kwargs = tuple(sorted((env_cfg.get("kwargs") or {}).items()))
     return EnvSpec(env_cfg["id"], kwargs, settings.max_episode_steps)
@@ -320,7 +320,7 @@ def _normalizer_file(venv, env_cfg: Dict[str, Any]):
     """A ``VecNormalize`` to carry the ES observation statistics (``None`` if the env has none)."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    if not (env_cfg.get("normalize_obs") or env_cfg.get("normalize_reward")):
+    if not normalizes(env_cfg):
         return None
     return VecNormalize(
         venv,
@@ -332,28 +332,19 @@ def _normalizer_file(venv, env_cfg: Dict[str, Any]):
     )
 
 
-def _sync_normalizer(vecnorm, es: EvolutionStrategy) -> None:
-    if vecnorm is not None:
-        vecnorm.obs_rms.mean = es.obs_stats.mean.copy()
-        vecnorm.obs_rms.var = es.obs_stats.var.copy()
-        vecnorm.obs_rms.count = es.obs_stats.count
-
-
-def _make_model(cfg: Dict[str, Any], venv, checkpoint):
-    """The PPO model that carries the ES policy: fresh, or the checkpoint's."""
-    from stable_baselines3 import PPO
-
-    from rlstruct import runner as rn
+def _make_model(config: RunConfig, venv, start: Optional[StartPoint]):
+    """The PPO model that carries the ES policy: fresh, or the start point's."""
     from rlstruct.io import load_sb3_model
+    from rlstruct.policies import algo_class, policy_kwargs_from_config
 
-    if checkpoint is not None:
-        return load_sb3_model(PPO, checkpoint.folder / rn.MODEL_FILE, env=venv, device="cpu")
-    rn.algo_class("ppo")  # registers "StructuredMlpPolicy"
-    return PPO(
+    cls = algo_class("es")
+    if start is not None:
+        return load_sb3_model(cls, start.model, env=venv, device="cpu")
+    return cls(
         "StructuredMlpPolicy",
         venv,
-        policy_kwargs=rn.policy_kwargs_from_config(cfg["policy"]),
-        seed=int(cfg["seed"]),
+        policy_kwargs=policy_kwargs_from_config(config.policy),
+        seed=config.seed,
         device="cpu",
         verbose=0,
     )
@@ -367,39 +358,21 @@ def _record_iteration(logger, es: EvolutionStrategy, info: Dict[str, float], sec
     logger.record("time/steps_per_s", info["iteration_steps"] / max(seconds, 1e-9))
 
 
-def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) -> Dict[str, Any]:
-    """Train (or resume) an ES run in ``run_dir``; returns ``metrics.json`` (see the module doc).
-
-    ``command`` (the command line that started the run) is recorded in ``metrics.json``.
-    """
+def train_es(config: RunConfig, recorder: Recorder) -> Dict[str, Any]:
+    """Train (resume, or extend) an ES run; returns its ``metrics.json`` (see the module doc)."""
     from stable_baselines3.common.logger import configure
 
-    from rlstruct import runner as rn
-    from rlstruct.io import atomic_write_json, save_pickle_atomic, save_sb3_model
+    from rlstruct.io import save_pickle_atomic, save_sb3_model
 
-    run_dir = Path(run_dir)
-    settings = ESSettings.from_config(cfg)
-    env_cfg = cfg["env"]
-    seed = int(cfg["seed"])
-    total = int(cfg["total_timesteps"])
-    checkpoint = rn.open_run_dir(run_dir, cfg)
-
-    venv = rn.make_vec_env(env_cfg, 1, seed)
-    model = _make_model(cfg, venv, checkpoint)
+    settings = ESSettings.from_config(config.algo)
+    env_cfg = config.env
+    start = recorder.start_point
+    venv = make_vec_env(env_cfg, 1, config.seed)
+    model = _make_model(config, venv, start)
     actor = PolicyActor(model.policy)
     vecnorm = _normalizer_file(venv, env_cfg)
-    eval_cfg = cfg.get("eval") or {}
-    ckpt_cfg = cfg.get("checkpoint") or {}
-    eval_freq = int(eval_cfg.get("freq", 0) or 0)
-    ckpt_freq = int(ckpt_cfg.get("freq", 0) or 0)
-
-    counts = model.policy.parameter_counts()
-    metrics = rn._base_metrics(cfg, counts, command)
-    metrics["status"] = "running"
-    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
-    logger = configure(str(run_dir / rn.TB_DIR), ["tensorboard"])
+    logger = configure(str(recorder.run_dir / TB_DIR), ["tensorboard"])
     eval_env = env_spec_from_config(env_cfg, settings).make()
-
     backend = make_backend(
         settings.backend,
         env_spec_from_config(env_cfg, settings),
@@ -408,70 +381,52 @@ def train_es(cfg: Dict[str, Any], run_dir: Path, command: Optional[str] = None) 
         settings.start_method,
     )
     with backend:
-        es = EvolutionStrategy(settings, actor, backend, seed, bool(env_cfg.get("normalize_obs")), settings.alive_bonus)
-        if checkpoint is not None:
+        es = EvolutionStrategy(settings, actor, backend, config.seed, bool(env_cfg.get("normalize_obs")), settings.alive_bonus)
+        if start is not None:
             es.load_state_dict(model.es_state)
-        print(
-            f"[rlstruct] {env_cfg['id']} es structure={cfg['policy']['structure']} "
-            f"searching {actor.dim} actor parameters with {settings.directions} directions on "
-            f"{backend.n_workers} {settings.backend} workers -> {run_dir}"
-            + (f" resuming at {checkpoint.steps} steps" if checkpoint else ""),
-            flush=True,
-        )
-        clock = {"start": time.perf_counter(), "before": checkpoint.elapsed_s if checkpoint else 0.0}
-        start_steps = es.steps
-        next_eval = (es.steps // eval_freq + 1) * eval_freq if eval_freq else None
-        next_ckpt = (es.steps // ckpt_freq + 1) * ckpt_freq if ckpt_freq else None
 
-        def save_checkpoint() -> None:
+        def sync() -> None:
+            """The ES state into the model and its observation statistics into ``vecnorm``."""
             model.es_state = es.state_dict()  # saved in model.zip's data (SB3 keeps attributes)
             model.num_timesteps = es.steps
-            _sync_normalizer(vecnorm, es)
-            rn.write_checkpoint(run_dir, model, vecnorm, rn.clock_elapsed(clock), int(ckpt_cfg.get("keep", 2)))
+            if vecnorm is not None:
+                vecnorm.obs_rms.mean = es.obs_stats.mean.copy()
+                vecnorm.obs_rms.var = es.obs_stats.var.copy()
+                vecnorm.obs_rms.count = es.obs_stats.count
 
-        while es.steps < total and (settings.iterations is None or es.iteration < settings.iterations):
+        def save(folder: Path) -> None:
+            sync()
+            save_sb3_model(model, folder / MODEL_FILE)
+            if vecnorm is not None:
+                save_pickle_atomic(vecnorm, folder / VECNORM_FILE)
+
+        counts = model.policy.parameter_counts()
+        detail = (f"; searching {actor.dim} actor parameters with {settings.directions} directions on "
+                  f"{backend.n_workers} {settings.backend} workers")
+        recorder.begin(counts, es.steps, banner(config, counts, detail), save=save)
+        while es.steps < config.total_timesteps and (settings.iterations is None or es.iteration < settings.iterations):
             tick = time.perf_counter()
             info = es.step()
             _record_iteration(logger, es, info, time.perf_counter() - tick)
-            if next_eval is not None and es.steps >= next_eval:
-                next_eval = (es.steps // eval_freq + 1) * eval_freq
-                rewards = es.evaluate(eval_env, int(eval_cfg.get("episodes", 5)), seed + _EVAL_SEED_OFFSET)
-                logger.record("eval/mean_reward", float(np.mean(rewards)))
-                logger.record("eval/std_reward", float(np.std(rewards)))
-                rn.append_evaluation(run_dir, es.steps, rewards, rn.clock_elapsed(clock))
+            if recorder.evaluation_due(es.steps):
+                rewards = es.evaluate(eval_env, config.eval.episodes, config.eval_seed)
+                recorder.record_evaluation(es.steps, rewards, logger)
             logger.dump(step=es.steps)
-            if next_ckpt is not None and es.steps >= next_ckpt:
-                next_ckpt = (es.steps // ckpt_freq + 1) * ckpt_freq
-                save_checkpoint()
+            if recorder.checkpoint_due(es.steps):
+                recorder.checkpoint(es.steps, save)
         n_workers = backend.n_workers
 
-    elapsed = rn.clock_elapsed(clock)
-    session_s = time.perf_counter() - clock["start"]
-    model.es_state = es.state_dict()
-    model.num_timesteps = es.steps
-    save_sb3_model(model, run_dir / rn.MODEL_FILE)
-    _sync_normalizer(vecnorm, es)
-    if vecnorm is not None:
-        save_pickle_atomic(vecnorm, run_dir / rn.VECNORM_FILE)
-
-    # The final evaluation goes through the saved-model path (SB3 predict + VecNormalize), as for PPO.
-    final_env = rn.make_eval_env(cfg, seed + _EVAL_SEED_OFFSET)
-    rn.sync_normalization(vecnorm, final_env)
-    rewards = rn.evaluate_model(model, final_env, int(eval_cfg.get("final_episodes", 10)), deterministic=True)
-    # an ES policy is its mean action: deterministic evaluation
-    metrics.update(rn.finished_fields(rewards, es.steps, elapsed, es.steps - start_steps, session_s, True))
-    metrics.update(
-        es=dict(
-            iterations=es.iteration,
-            episodes=es.episodes,
-            searched_parameters=actor.dim,
-            backend=settings.backend,
-            n_workers=n_workers,
-        ),
-    )
-    atomic_write_json(run_dir / rn.METRICS_FILE, metrics)
+    # The final evaluation goes through the saved-model path (SB3 predict + VecNormalize), as for
+    # PPO; an ES policy is its mean action, so the evaluation is deterministic.
+    sync()
+    final_env = make_eval_env(env_cfg, config.eval_seed)
+    sync_normalization(vecnorm, final_env)
+    rewards = evaluate_episodes(model, final_env, config.eval.final_episodes, deterministic=True,
+                                seed=config.eval_seed)
+    extra = dict(es=dict(iterations=es.iteration, episodes=es.episodes, searched_parameters=actor.dim,
+                         backend=settings.backend, n_workers=n_workers))
+    metrics = recorder.finish(es.steps, save, rewards, extra, detail=f" ({es.iteration} ES iterations)")
     for env in (venv, final_env, eval_env):
         env.close()
     logger.close()
-    rn.print_done(metrics, f" ({es.iteration} ES iterations)")
     return metrics
