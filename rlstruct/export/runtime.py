@@ -5,7 +5,7 @@ This file is self-contained: copy it next to a runtime bundle (``runtime.json`` 
 the target machine and::
 
     from runtime import load_policy
-    policy = load_policy("DIR")            # mode="compact" (default) or "dense"
+    policy = load_policy("DIR")            # mode="dense" (default, fastest) or "compact"
     action = policy.act(obs)               # obs (obs_dim,) -> (act_dim,); (batch, obs_dim) too
 
 ``act`` is SB3's deterministic ``predict`` of the exported policy, step for step: observation
@@ -28,9 +28,10 @@ Bundle format (version 1): ``runtime.json`` lists the layers; each layer is a ch
 * ``butterfly`` ``twiddle`` ``(4, n/2)``, ``stride``: pair ``k`` joins ``p`` and ``p + stride``
   (``p = (k // stride) * 2 stride + k % stride``) by the 2x2 matrix of planes ``(a, b; c, d)``.
 
-``mode="compact"`` applies these ops as written (memory stays that of the compact parameters);
-``mode="dense"`` multiplies each layer's chain out into one dense ``W`` at load time (one matmul
-per layer: the fastest at the usual RL widths of 16 to 256).
+``mode="dense"`` (the default) multiplies each layer's chain out into one dense ``W`` at load
+time (one matmul per layer: the fastest at the usual RL widths of 16 to 256; the bundle on disk
+stays compact); ``mode="compact"`` applies the ops as written (memory stays that of the compact
+parameters, for large widths or small memories).
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ class Policy:
     (the bundle's ``runtime.json``) and ``nbytes`` (bytes of the arrays this mode keeps).
     """
 
-    def __init__(self, spec: Dict[str, Any], arrays: Dict[str, np.ndarray], mode: str = "compact") -> None:
+    def __init__(self, spec: Dict[str, Any], arrays: Dict[str, np.ndarray], mode: str = "dense") -> None:
         if mode not in MODES:
             raise BundleError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.spec, self.mode = spec, mode
@@ -452,7 +453,7 @@ class Policy:
     __call__ = act
 
 
-def load_policy(folder: Union[str, os.PathLike], mode: str = "compact") -> Policy:
+def load_policy(folder: Union[str, os.PathLike], mode: str = "dense") -> Policy:
     """Load the runtime bundle in ``folder``; ``mode`` is ``"compact"`` or ``"dense"``."""
     spec, arrays = load_bundle(folder)
     return Policy(spec, arrays, mode)
