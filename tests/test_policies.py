@@ -21,7 +21,7 @@ def hopper():
 
 @pytest.mark.parametrize(
     "structure,total",
-    # dense equals SB3's MlpPolicy; kama matches REFERENCES.md's prototype (1,543)
+    # dense equals SB3's MlpPolicy; kama: 2 x (32 log2(64) + 64 + 64) + heads = 1,543
     [("dense", 10119), ("kama", 1543), ("toeplitz", 921)],
 )
 def test_hopper_parameter_counts(structure, total):
