@@ -179,7 +179,7 @@ def _load_metrics(path: Path) -> Dict[str, Any]:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RLStructError(f"{path} is corrupt ({reason}); {fix}") from None
+        raise RLStructError(f"{path} is corrupt ({reason}); {fix}") from exc
     if not isinstance(metrics, dict):
         raise RLStructError(f"{path} is corrupt (not a JSON object); {fix}")
     if metrics.get("status") == "finished":

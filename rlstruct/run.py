@@ -256,13 +256,13 @@ class RunFolder:
         with open(self.path / LOCK_FILE, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
                 handle.seek(0)
                 owner = handle.read().strip() or "another process"
                 raise RLStructError(
                     f"{self.path} is being written by {owner}; wait for it to finish, or choose "
                     "another seed or out_dir"
-                ) from None
+                ) from exc
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()}")

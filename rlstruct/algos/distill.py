@@ -136,6 +136,8 @@ def _load_policy(model_path: Path):
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.common.save_util import load_from_zip_file
 
+    from rlstruct.io import is_state_dict_mismatch
+
     import rlstruct.policies  # noqa: F401  (the pickled policy class may be ours)
 
     try:
@@ -144,7 +146,7 @@ def _load_policy(model_path: Path):
     except Exception as exc:  # a damaged zip fails in many ways (zipfile, pickle, json, torch)
         raise RLStructError(
             f"teacher model {model_path} is unreadable ({type(exc).__name__}); pass an intact model.zip"
-        ) from None
+        ) from exc
     if not (isinstance(policy_class, type) and issubclass(policy_class, ActorCriticPolicy)):
         raise RLStructError(
             f"teacher {model_path} holds a {getattr(policy_class, '__name__', policy_class)}, not an "
@@ -157,8 +159,10 @@ def _load_policy(model_path: Path):
     try:
         policy.load_state_dict(params["policy"])
     except (RuntimeError, KeyError) as exc:
+        if isinstance(exc, RuntimeError) and not is_state_dict_mismatch(exc):
+            raise
         first = str(exc).strip().splitlines()[0][:200]
-        raise RLStructError(f"teacher model {model_path} does not fit its own policy ({first}); re-save it") from None
+        raise RLStructError(f"teacher model {model_path} does not fit its own policy ({first}); re-save it") from exc
     policy.set_training_mode(False)
     return policy
 
