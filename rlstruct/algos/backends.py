@@ -1,7 +1,11 @@
 """Where ES rollouts run: a local process pool or Ray actors, with the same contract.
 
-``backend.map(tasks)`` runs every :class:`~rlstruct.algos.rollout.RolloutTask` and returns the
-results in task order. Each worker builds its own environment once and keeps it. A worker that
+``backend.map(tasks, shared)`` runs every task (a :class:`~rlstruct.algos.rollout.SeededTask`,
+a driver-built :class:`~rlstruct.algos.rollout.RolloutTask` or a
+:class:`~rlstruct.algos.rollout.PingTask`) and returns the results in task order. ``shared``
+values (:class:`~rlstruct.algos.rollout.Shared`: the actor program, the iteration's ``theta``)
+reach each worker once, before its first task that needs them, and again only when their key
+changes: per iteration a worker receives one spec message plus small task messages. Each worker builds its own environment once and keeps it. A worker that
 dies (killed, out of memory, node lost) loses no work: its task is re-run on another worker with a
 warning and the worker is replaced. Results are a function of the tasks alone (episodes are seeded
 by the task), so they do not depend on the backend or the number of workers.
@@ -18,20 +22,22 @@ import contextlib
 import multiprocessing as mp
 import os
 import socket
+import time
 import traceback
 import warnings
 from abc import ABC, abstractmethod
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from rlstruct.algos.rollout import EnvSpec, RolloutResult, RolloutTask, run_task
+from rlstruct.algos.rollout import AnyTask, EnvSpec, RolloutResult, Shared, WorkerCache, execute
 from rlstruct.errors import RLStructError
 
 BACKENDS = ("local", "ray")
 START_METHODS = ("spawn", "forkserver")
 _RAY_NICENESS = "RAY_worker_niceness"
+_MISSING = object()
 
 
 class WorkerFailure(RuntimeError):
@@ -50,9 +56,14 @@ class Backend(ABC):
         self.env_spec = env_spec
         self.n_workers = n_workers
 
+    #: per ``map`` call: messages sent by the driver (tasks and shared values) and the seconds
+    #: the driver spent sending them (pickling and writing; the serial per-message cost).
+    last_messages: int = 0
+    last_send_s: float = 0.0
+
     @abstractmethod
-    def map(self, tasks: Sequence[RolloutTask]) -> List[RolloutResult]:
-        """Results of ``tasks``, in task order."""
+    def map(self, tasks: Sequence[AnyTask], shared: Sequence[Shared] = ()) -> List[RolloutResult]:
+        """Results of ``tasks``, in task order; every worker holds ``shared`` before it runs one."""
 
     @abstractmethod
     def close(self) -> None:
@@ -81,12 +92,16 @@ def _worker_main(conn, env_spec: EnvSpec) -> None:
     """Loop of a local worker process: receive a task, run it, send the result (``None`` stops)."""
     env = env_spec.make()
     name = f"pid{os.getpid()}"
+    cache = WorkerCache()
     while True:
         task = conn.recv()
         if task is None:
             break
+        if isinstance(task, Shared):  # no reply: the task that needs it follows on this pipe
+            cache.update(task)
+            continue
         try:
-            conn.send(run_task(env, task, name))
+            conn.send(execute(env, task, cache, name))
         except Exception:  # report the failure to the main process instead of dying silently
             conn.send(WorkerFailure(traceback.format_exc()))
     env.close()
@@ -118,6 +133,7 @@ class _LocalWorker:
             self.process.start()
         child.close()
         self.task: Optional[int] = None  # index into the current map's tasks
+        self.holds: Dict[str, Any] = {}  # shared name -> key this worker has received
 
 
 class LocalBackend(Backend):
@@ -139,7 +155,7 @@ class LocalBackend(Backend):
         """Process ids of the workers holding a task right now."""
         return [w.process.pid for w in list(self._workers) if w.task is not None]
 
-    def _replace(self, worker: _LocalWorker, pending: Deque[int], tasks: Sequence[RolloutTask]) -> None:
+    def _replace(self, worker: _LocalWorker, pending: Deque[int], tasks: Sequence[AnyTask]) -> None:
         lost = worker.task
         code = worker.process.exitcode
         worker.process.join(timeout=1)
@@ -154,19 +170,32 @@ class LocalBackend(Backend):
             pending.appendleft(lost)
         self._workers[self._workers.index(worker)] = _LocalWorker(self._ctx, self.env_spec)
 
-    def map(self, tasks: Sequence[RolloutTask]) -> List[RolloutResult]:
+    def _send(self, worker: _LocalWorker, task: AnyTask, shared: Sequence[Shared]) -> None:
+        """Send the shared values ``worker`` lacks, then ``task`` (a dead worker is handled later)."""
+        tick = time.perf_counter()
+        try:
+            for part in shared:
+                if worker.holds.get(part.name, _MISSING) != part.key:
+                    worker.conn.send(part)
+                    worker.holds[part.name] = part.key
+                    self.last_messages += 1
+            worker.conn.send(task)
+            self.last_messages += 1
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # dead worker: its sentinel is ready, handled in map
+        self.last_send_s += time.perf_counter() - tick
+
+    def map(self, tasks: Sequence[AnyTask], shared: Sequence[Shared] = ()) -> List[RolloutResult]:
         results: List[Optional[RolloutResult]] = [None] * len(tasks)
         pending: Deque[int] = deque(range(len(tasks)))
         restarts = 0
         done = 0
+        self.last_messages, self.last_send_s = 0, 0.0
         while done < len(tasks):
             for worker in list(self._workers):
                 if worker.task is None and pending:
                     worker.task = pending.popleft()
-                    try:
-                        worker.conn.send(tasks[worker.task])
-                    except (BrokenPipeError, ConnectionResetError, OSError):
-                        pass  # dead worker: its sentinel is ready, handled below
+                    self._send(worker, tasks[worker.task], shared)
             watch: Dict[Any, _LocalWorker] = {}
             for worker in self._workers:
                 watch[worker.process.sentinel] = worker
@@ -218,12 +247,20 @@ class _RayWorker:
     def __init__(self, env_spec: EnvSpec) -> None:
         self.env = env_spec.make()
         self.name = f"ray-pid{os.getpid()}"
+        self.cache = WorkerCache()
 
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, task: RolloutTask) -> RolloutResult:
-        return run_task(self.env, task, self.name)
+    def run(self, task: AnyTask, shared: Sequence[Tuple[str, Any, List[Any]]] = ()) -> RolloutResult:
+        # ``shared`` holds (name, key, [object ref]): the list keeps Ray from resolving the ref,
+        # so an actor fetches a value from the object store only when its key is new to it.
+        import ray
+
+        for name, key, (ref,) in shared:
+            if not self.cache.holds(name, key):
+                self.cache.update(Shared(name, key, ray.get(ref)))
+        return execute(self.env, task, self.cache, self.name)
 
 
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
@@ -291,14 +328,29 @@ class RayBackend(Backend):
             self._started = True
         self._actor_class = ray.remote(num_cpus=1)(_RayWorker)
         self._actors = [self._actor_class.remote(env_spec) for _ in range(n_workers)]
+        self._refs: Dict[str, Tuple[Any, Any]] = {}  # shared name -> (key, object ref)
+
+    def _shared_refs(self, shared: Sequence[Shared]) -> List[Tuple[str, Any, List[Any]]]:
+        """Put each shared value into the object store once per key (one copy per node)."""
+        out = []
+        for part in shared:
+            if part.name not in self._refs or self._refs[part.name][0] != part.key:
+                self._refs[part.name] = (part.key, self._ray.put(part.value))
+                self.last_messages += 1
+            out.append((part.name, part.key, [self._refs[part.name][1]]))
+        return out
 
     def worker_pids(self) -> List[int]:
         return self._ray.get([actor.pid.remote() for actor in self._actors])
 
-    def map(self, tasks: Sequence[RolloutTask]) -> List[RolloutResult]:
+    def map(self, tasks: Sequence[AnyTask], shared: Sequence[Shared] = ()) -> List[RolloutResult]:
         ray = self._ray
         from ray.exceptions import RayActorError, RayTaskError
 
+        self.last_messages, self.last_send_s = 0, 0.0
+        tick = time.perf_counter()
+        refs = self._shared_refs(shared)
+        self.last_send_s += time.perf_counter() - tick
         results: List[Optional[RolloutResult]] = [None] * len(tasks)
         pending: Deque[int] = deque(range(len(tasks)))
         idle = deque(self._actors)
@@ -307,7 +359,10 @@ class RayBackend(Backend):
         while pending or running:
             while idle and pending:
                 actor, index = idle.popleft(), pending.popleft()
-                running[actor.run.remote(tasks[index])] = (actor, index)
+                tick = time.perf_counter()
+                running[actor.run.remote(tasks[index], refs)] = (actor, index)
+                self.last_send_s += time.perf_counter() - tick
+                self.last_messages += 1
             [ref], _ = ray.wait(list(running), num_returns=1)
             actor, index = running.pop(ref)
             try:
@@ -334,6 +389,7 @@ class RayBackend(Backend):
         for actor in self._actors:
             self._ray.kill(actor)
         self._actors = []
+        self._refs = {}
         if self._started:
             self._ray.shutdown()
 

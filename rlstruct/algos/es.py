@@ -39,16 +39,23 @@ from rlstruct.algos.estimators import (
     SHAPINGS,
     Optimizer,
     es_gradient,
-    sample_directions,
 )
 from rlstruct.algos.rollout import (
     OBS_CLIP,
     OBS_EPS,
+    ActorProgram,
+    AffineWeight,
     EnvSpec,
+    GivensWeight,
+    IterationSpec,
+    LayerProgram,
     NumpyActor,
     NumpyLayer,
     RolloutTask,
     RunningStats,
+    SeededTask,
+    Shared,
+    Slot,
     check_spaces,
     run_task,
 )
@@ -57,11 +64,20 @@ from rlstruct.config import RunConfig
 from rlstruct.envs import evaluate_episodes, make_eval_env, make_vec_env, normalizes, sync_normalization
 from rlstruct.errors import RLStructError
 from rlstruct.layers import StructuredLinear
+from rlstruct.layers.givens import KamaLinear
 from rlstruct.run import MODEL_FILE, TB_DIR, VECNORM_FILE, Recorder, StartPoint, banner
 
 # Domain tags keep the direction and episode seed streams apart.
 _DIRECTION_STREAM = 0xD1
 _EPISODE_STREAM = 0xE9
+
+#: where perturbed policies are built: ``worker`` (each worker rebuilds them from theta and the
+#: iteration's seed; only parameters go out), ``driver`` (the main process builds every actor with
+#: ``to_dense()`` and ships it), ``auto`` (worker when every layer has a NumPy form).
+PERTURBATIONS = ("auto", "worker", "driver")
+#: ``joint``: directions orthogonal over the whole theta; ``tensors``: an independent draw per
+#: parameter tensor, orthogonal within each tensor (e.g. within each KAMA layer's angles).
+DIRECTION_BLOCKS = ("joint", "tensors")
 
 
 @dataclass
@@ -83,6 +99,8 @@ class ESSettings:
     n_workers: Optional[int] = None
     ray_address: Optional[str] = None
     start_method: str = "spawn"
+    perturbations: str = "auto"
+    direction_blocks: str = "joint"
 
     @classmethod
     def from_config(cls, algo_cfg: Dict[str, Any]) -> "ESSettings":
@@ -118,6 +136,8 @@ class ESSettings:
             ("sampling", self.sampling, SAMPLINGS),
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("start_method", self.start_method, START_METHODS),
+            ("perturbations", self.perturbations, PERTURBATIONS),
+            ("direction_blocks", self.direction_blocks, DIRECTION_BLOCKS),
         ):
             if value not in choices:
                 raise RLStructError(
@@ -191,6 +211,122 @@ class PolicyActor:
                 layers[-1].activation, layers[-1].activation_param = _activation_of(module)
         return NumpyActor(layers, self.discrete, self.low, self.high)
 
+    # --------------------------------------------------------------------------------------------
+    # the NumPy program workers rebuild perturbations with
+    def tensor_sizes(self) -> Tuple[int, ...]:
+        """Sizes of the searched tensors in ``theta`` order (``direction_blocks=tensors``)."""
+        return tuple(int(p.numel()) for p in self.params)
+
+    def _slot(self, tensor: torch.Tensor, offsets: Dict[int, int]) -> Slot:
+        shape = tuple(tensor.shape)
+        if id(tensor) in offsets:
+            return Slot(shape, offsets[id(tensor)])
+        return Slot(shape, fixed=tensor.detach().double().numpy().copy())
+
+    @torch.no_grad()
+    def _affine_weight(self, module: StructuredLinear, searched: List[nn.Parameter],
+                       offsets: Dict[int, int]) -> Optional[AffineWeight]:
+        """``W = base + J p`` by probing ``to_dense`` with unit vectors, if ``W`` is affine in ``p``."""
+        def dense_at(values: torch.Tensor) -> torch.Tensor:
+            vector_to_parameters(values.to(searched[0].dtype), searched)
+            return module.to_dense().detach().double()
+
+        n = int(sum(p.numel() for p in searched))
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+        wa, wb, wmid = dense_at(a), dense_at(b), dense_at((a + b) / 2)
+        scale = float(max(wa.abs().max(), wb.abs().max(), 1e-30))
+        if float(((wa + wb) / 2 - wmid).abs().max()) > 1e-5 * scale:
+            return None  # not affine (e.g. rotations of learned angles, low-rank products)
+        base = dense_at(torch.zeros(n))
+        rows, cols, vals = [], [], []
+        probe = torch.zeros(n)
+        for j in range(n):  # one to_dense per parameter: milliseconds at these sizes, once per run
+            probe[j] = 1.0
+            col = (dense_at(probe) - base).reshape(-1).numpy()
+            probe[j] = 0.0
+            nz = np.flatnonzero(np.abs(col) > 1e-6 * scale)  # drop float noise of FFT-built W
+            rows.append(nz)
+            cols.append(np.full(nz.size, j))
+            vals.append(col[nz])
+        rows_, cols_, vals_ = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        shape = (module.out_features, module.in_features)
+        base_np = base.numpy().copy() if bool(base.abs().max() > 0) else None
+        slots = [self._slot(p, offsets) for p in searched]
+        if np.unique(rows_).size == rows_.size:  # a gather: at most one parameter per entry
+            index = np.full(shape[0] * shape[1], n, dtype=np.int64)  # n: the appended zero
+            index[rows_] = cols_
+            coef = None
+            if not np.all(vals_ == 1.0):
+                coef = np.zeros(shape[0] * shape[1])
+                coef[rows_] = vals_
+            return AffineWeight(shape, slots, index=index, coef=coef, base=base_np)
+        return AffineWeight(shape, slots, rows=rows_, cols=cols_, vals=vals_, base=base_np)
+
+    def _weight_program(self, module: nn.Module, offsets: Dict[int, int]):
+        if isinstance(module, nn.Linear):
+            return self._slot(module.weight, offsets)
+        dense = module.to_dense()
+        if isinstance(dense, nn.Parameter):  # the dense family stores W as it is
+            return self._slot(dense, offsets)
+        if isinstance(module, KamaLinear) and id(module.angles) in offsets:
+            return GivensWeight((module.out_features, module.in_features), module.n,
+                                module.pairs.numpy().astype(np.int64).copy(),
+                                self._slot(module.angles, offsets), self._slot(module.scale, offsets))
+        bias = module.bias
+        searched = [p for p in module.parameters() if id(p) in offsets and p is not bias]
+        if not searched:  # nothing searched in W: a constant
+            return Slot(tuple(dense.shape), fixed=dense.detach().double().numpy().copy())
+        saved = [p.detach().clone() for p in searched]
+        try:
+            return self._affine_weight(module, searched, offsets)
+        finally:
+            with torch.no_grad():
+                for p, value in zip(searched, saved):
+                    p.copy_(value)
+
+    def program(self) -> Optional[ActorProgram]:
+        """The actor as a NumPy function of ``theta``, or ``None`` if a layer has no NumPy form.
+
+        Dense weights are slices of ``theta``; KAMA layers with learned angles are rebuilt from
+        their angles and diagonal; any other layer whose ``W`` is affine in its searched
+        parameters (Toeplitz, Hankel, circulant, random-mode KAMA, ...) is probed once into a
+        gather or sparse map. The program is checked against ``to_dense()`` before it is used.
+        """
+        offsets: Dict[int, int] = {}
+        start = 0
+        for p in self.params:
+            offsets[id(p)] = start
+            start += p.numel()
+        theta = self.get_vector()
+        layers: List[LayerProgram] = []
+        try:
+            for module in self.network:
+                if isinstance(module, (StructuredLinear, nn.Linear)):
+                    weight = self._weight_program(module, offsets)
+                    if weight is None:
+                        return None
+                    bias = None if module.bias is None else self._slot(module.bias, offsets)
+                    layers.append(LayerProgram(weight, bias))
+                else:
+                    if not layers or layers[-1].activation != "identity":
+                        raise RLStructError(f"ES cannot place module {module} of the actor network")
+                    layers[-1].activation, layers[-1].activation_param = _activation_of(module)
+        finally:
+            self.set_vector(theta)
+        program = ActorProgram(layers, self.discrete, self.low, self.high)
+        rng = np.random.default_rng(0)
+        for point in (theta, theta + 0.1 * rng.standard_normal(self.dim)):
+            ours, theirs = program.build(point), self.numpy_actor(point)
+            for mine, ref in zip(ours.layers, theirs.layers):
+                tol = 1e-5 * max(1.0, float(np.abs(ref.weight).max()))
+                if mine.weight.shape != ref.weight.shape or np.abs(mine.weight - ref.weight).max() > tol \
+                        or np.abs(mine.bias - ref.bias).max() > tol:
+                    self.set_vector(theta)
+                    return None
+        self.set_vector(theta)
+        return program
+
 
 def _stream_seed(*entropy: int) -> int:
     return int(np.random.SeedSequence([e & 0xFFFFFFFF for e in entropy]).generate_state(1)[0])
@@ -225,32 +361,77 @@ class EvolutionStrategy:
         self.iteration = 0
         self.steps = 0
         self.episodes = 0
+        self.program = None if settings.perturbations == "driver" else actor.program()
+        if self.program is None and settings.perturbations == "worker":
+            raise RLStructError(
+                "ES perturbations=worker: a layer of this actor has no NumPy form for the workers "
+                "to rebuild it from theta; use algo.perturbations=auto or driver"
+            )
+        self._blocks = actor.tensor_sizes() if settings.direction_blocks == "tensors" else None
+        # Totals over this process's iterations (not restored on resume: they time this run).
+        self.serial_s = 0.0
+        self.parallel_s = 0.0
+        self.send_s = 0.0
+        self.timed_iterations = 0
+
+    @property
+    def seeded(self) -> bool:
+        """Whether workers rebuild the perturbations (else the driver ships built actors)."""
+        return self.program is not None
 
     def normalizer(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.obs_stats.normalizer() if self.normalize_obs else (None, None)
 
+    def iteration_spec(self, iteration: int) -> IterationSpec:
+        """Everything a worker needs for ``iteration`` (the directions follow from it)."""
+        s = self.settings
+        mean, scale = self.normalizer()
+        return IterationSpec(
+            iteration=iteration,
+            theta=self.theta,
+            sigma=s.sigma,
+            sampling=s.sampling,
+            n_directions=s.directions,
+            direction_seed=_stream_seed(_DIRECTION_STREAM, self.seed, iteration),
+            obs_mean=mean,
+            obs_scale=scale,
+            reward_shift=self.alive_bonus,
+            collect_stats=self.normalize_obs,
+            blocks=self._blocks,
+        )
+
     def directions(self, iteration: int) -> np.ndarray:
         """The exploration directions of ``iteration``: ``(directions, dim)``."""
-        rng = np.random.default_rng(_stream_seed(_DIRECTION_STREAM, self.seed, iteration))
-        return sample_directions(self.settings.sampling, self.settings.directions, self.actor.dim, rng)
+        return self.iteration_spec(iteration).directions()
 
     def step(self) -> Dict[str, float]:
         s = self.settings
-        eps = self.directions(self.iteration)
-        mean, scale = self.normalizer()
-        tasks = [
-            RolloutTask(
-                index=k,
-                seed=_stream_seed(_EPISODE_STREAM, self.seed, self.iteration, k),
-                actors=[self.actor.numpy_actor(self.theta + sign * s.sigma * eps[k]) for sign in (1.0, -1.0)],
-                obs_mean=mean,
-                obs_scale=scale,
-                reward_shift=self.alive_bonus,
-                collect_stats=self.normalize_obs,
-            )
-            for k in range(len(eps))
-        ]
-        results = self.backend.map(tasks)
+        tick = time.perf_counter()
+        spec = self.iteration_spec(self.iteration)
+        eps = spec.directions()  # the workers draw the same rows from the same seed
+        seeds = [_stream_seed(_EPISODE_STREAM, self.seed, self.iteration, k) for k in range(len(eps))]
+        if self.seeded:
+            # Per iteration: one spec message per worker (theta, normalizer, seed), then tasks
+            # that only name a direction; the program went out once (its key never changes).
+            shared = [Shared("program", id(self.program), self.program), Shared("iteration", self.iteration, spec)]
+            tasks: List[Any] = [SeededTask(k, seeds[k], self.iteration) for k in range(len(eps))]
+        else:
+            shared = []
+            tasks = [
+                RolloutTask(
+                    index=k,
+                    seed=seeds[k],
+                    actors=[self.actor.numpy_actor(self.theta + sign * s.sigma * eps[k]) for sign in (1.0, -1.0)],
+                    obs_mean=spec.obs_mean,
+                    obs_scale=spec.obs_scale,
+                    reward_shift=self.alive_bonus,
+                    collect_stats=self.normalize_obs,
+                )
+                for k in range(len(eps))
+            ]
+        sent = time.perf_counter()
+        results = self.backend.map(tasks, shared)
+        back = time.perf_counter()
         for result in results:  # fixed order: independent of which worker ran what
             if result.stats is not None:
                 self.obs_stats.merge(result.stats)
@@ -265,7 +446,19 @@ class EvolutionStrategy:
         self.iteration += 1
         self.steps += steps
         self.episodes += len(raw)
+        done = time.perf_counter()
+        # serial: the driver alone (sampling, packing, merge, gradient, update); parallel: the
+        # backend's map, i.e. rollouts plus the per-message costs the driver pays while they run.
+        serial, parallel = (sent - tick) + (done - back), back - sent
+        self.serial_s += serial
+        self.parallel_s += parallel
+        self.send_s += self.backend.last_send_s
+        self.timed_iterations += 1
         return {
+            "serial_s": serial,
+            "parallel_s": parallel,
+            "send_s": self.backend.last_send_s,
+            "messages": self.backend.last_messages,
             "mean_return": float(raw.mean()),
             "max_return": float(raw.max()),
             "mean_train_return": float(np.concatenate([pos, neg]).mean()),
@@ -273,6 +466,21 @@ class EvolutionStrategy:
             "step_norm": float(np.linalg.norm(delta)),
             "theta_norm": float(np.linalg.norm(self.theta)),
             "iteration_steps": steps,
+        }
+
+    def timing(self) -> Dict[str, Any]:
+        """Serial/parallel totals and means over the iterations this process ran."""
+        n = max(self.timed_iterations, 1)
+        total = self.serial_s + self.parallel_s
+        return {
+            "timed_iterations": self.timed_iterations,
+            "serial_s": self.serial_s,
+            "parallel_s": self.parallel_s,
+            "send_s": self.send_s,
+            "serial_s_mean": self.serial_s / n,
+            "parallel_s_mean": self.parallel_s / n,
+            "serial_share": self.serial_s / total if total > 0 else 0.0,
+            "perturbations": "worker" if self.seeded else "driver",
         }
 
     def evaluate(self, env, episodes: int, seed: int) -> List[float]:
@@ -353,6 +561,8 @@ def _make_model(config: RunConfig, venv, start: Optional[StartPoint]):
 def _record_iteration(logger, es: EvolutionStrategy, info: Dict[str, float], seconds: float) -> None:
     for key in ("mean_return", "max_return", "mean_train_return", "grad_norm", "step_norm", "theta_norm"):
         logger.record(f"es/{key}", info[key])
+    for key in ("serial_s", "parallel_s", "send_s"):
+        logger.record(f"es/{key}", info[key])
     logger.record("es/episodes", es.episodes)
     logger.record("es/iteration", es.iteration)
     logger.record("time/steps_per_s", info["iteration_steps"] / max(seconds, 1e-9))
@@ -424,7 +634,7 @@ def train_es(config: RunConfig, recorder: Recorder) -> Dict[str, Any]:
     rewards = evaluate_episodes(model, final_env, config.eval.final_episodes, deterministic=True,
                                 seed=config.eval_seed)
     extra = dict(es=dict(iterations=es.iteration, episodes=es.episodes, searched_parameters=actor.dim,
-                         backend=settings.backend, n_workers=n_workers))
+                         backend=settings.backend, n_workers=n_workers, **es.timing()))
     metrics = recorder.finish(es.steps, save, rewards, extra, detail=f" ({es.iteration} ES iterations)")
     for env in (venv, final_env, eval_env):
         env.close()

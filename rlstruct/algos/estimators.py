@@ -19,7 +19,7 @@ part of ``F`` (its curvature) cancels exactly in each pair.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -79,6 +79,19 @@ def sample_directions(kind: str, n: int, dim: int, rng: np.random.Generator) -> 
     make = _orthogonal_block if kind == "orthogonal" else _hadamard_block
     blocks = [make(min(block, n - start), dim, rng) for start in range(0, n, block)]
     return np.concatenate(blocks, axis=0)
+
+
+def sample_block_directions(
+    kind: str, n: int, sizes: Sequence[int], rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` directions drawn independently on consecutive coordinate blocks of ``sizes``.
+
+    Shape ``(n, sum(sizes))``. Each block is sampled by :func:`sample_directions` in turn from the
+    same generator, so with ``orthogonal`` the rows restricted to one block (say one KAMA layer's
+    rotation angles) are orthogonal there, not only over the whole vector; each row is still
+    marginally ``N(0, I)`` (independent blocks of ``N(0, I)`` rows).
+    """
+    return np.concatenate([sample_directions(kind, n, int(size), rng) for size in sizes], axis=1)
 
 
 def centered_ranks(values: np.ndarray) -> np.ndarray:
