@@ -50,6 +50,9 @@ class StructuredLinear(nn.Module):
     default_dense_threshold: int = 1 << 30
     #: without gradients, widths up to this reuse the cached dense W (built once per update).
     inference_dense_threshold: int = 2048
+    #: set per instance when ``dense_threshold`` is passed (class default: layers pickled
+    #: before the attribute existed).
+    _threshold_given: bool = False
 
     def __init__(
         self,
@@ -71,6 +74,8 @@ class StructuredLinear(nn.Module):
         self.dense_threshold = (
             self.default_dense_threshold if dense_threshold is None else int(dense_threshold)
         )
+        # An explicit threshold is a request for one path: the per-batch rule then stays off.
+        self._threshold_given = dense_threshold is not None
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features))
         else:
@@ -127,6 +132,18 @@ class StructuredLinear(nn.Module):
             self.out_features if self.bias is not None else 0
         )
 
+    def train_structured(self, rows: int) -> bool:
+        """Whether a training forward on ``rows`` input rows applies the structure directly
+        even though the width is within :attr:`dense_threshold`.
+
+        Building ``W`` costs about ``in_features`` transforms of one row (plus its backward),
+        applying the structure ``rows`` transforms, so at PPO minibatch sizes (32 to 64) a wide
+        layer is cheaper without the build. The default keeps the build; families whose
+        transform is cheap override this with a rule measured in
+        ``benchmarks/ppo_throughput.py`` (``results/ppo_throughput.md``, "Paths").
+        """
+        return False
+
     def uses_dense_path(self) -> bool:
         """Whether a training forward (gradients on) builds ``W`` rather than applying the structure."""
         return self._width <= self.dense_threshold
@@ -166,7 +183,10 @@ class StructuredLinear(nn.Module):
         if not training and width <= self.inference_dense_threshold:
             # Rollouts: the cached W makes a forward cost what nn.Linear costs.
             return F.linear(x, self._weight_for_inference(), self.bias)
-        if training and width <= self.dense_threshold:
+        if (
+            training and width <= self.dense_threshold
+            and (self._threshold_given or not self.train_structured(x.numel() // self.in_features))
+        ):
             return F.linear(x, self.to_dense(), self.bias)
         lead = x.shape[:-1]
         y = self.apply_structured(x.reshape(-1, self.in_features))

@@ -29,6 +29,11 @@ from rlstruct.layers.hadamard import hadamard_transform
 from rlstruct.layers.convolution import toeplitz_product
 from rlstruct.layers.registry import register
 
+try:  # numba: one fused call per direction; without it the pure-torch transform below.
+    from rlstruct.kernels.hd3_cpu import hd3_product
+except ImportError:
+    hd3_product = None
+
 
 class SpinnerLinear(ZooLinear):
     """Constructor and dense build shared by the spinners; subclasses pick ``N`` and the draw."""
@@ -72,8 +77,16 @@ class HD3Linear(SpinnerLinear):
         with torch.no_grad():
             self.d3.mul_(gain)
 
+    def train_structured(self, rows: int) -> bool:
+        # The build transforms `in` identity rows, the product `rows` inputs: at or below
+        # that many rows the product (fwd+bwd) is cheaper (Paths table).
+        return rows <= self.in_features
+
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         dt = x.dtype
+        if hd3_product is not None:  # fused numba (CPU), else its pure-torch reference
+            return hd3_product(x, self.d1.to(dt), self.d2.to(dt), self.d3.to(dt), self.n,
+                               self.out_features)
         y = hadamard_transform(pad_columns(x * self.d1.to(dt), self.n))
         y = hadamard_transform(y * self.d2.to(dt))
         return hadamard_transform(y * self.d3.to(dt))[:, : self.out_features]

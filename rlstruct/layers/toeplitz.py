@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 from rlstruct.layers.base import StructuredLinear
+
+try:  # numba: fused build and backward; without it the gather below is the build.
+    from rlstruct.kernels.toeplitz_cpu import toeplitz_dense
+except ImportError:
+    toeplitz_dense = None
 from rlstruct.layers.convolution import toeplitz_product
 from rlstruct.layers.registry import register
 
@@ -17,7 +22,8 @@ from rlstruct.layers.registry import register
 class ToeplitzLinear(StructuredLinear):
     """Rectangular Toeplitz weight: ``W[i, j] = t[i - j + in_features - 1]``.
 
-    Parameters: ``in + out - 1`` (+ ``out`` bias). Dense path: one gather builds ``W``.
+    Parameters: ``in + out - 1`` (+ ``out`` bias). Dense path: one gather builds ``W``
+    (fused on CPU: :mod:`rlstruct.kernels.toeplitz_cpu`).
     Structured path: a linear convolution by FFT, ``O((in + out) log(in + out))`` per sample.
 
     Shapes: ``t`` is ``(in_features + out_features - 1,)``; its last ``out_features`` entries
@@ -47,6 +53,10 @@ class ToeplitzLinear(StructuredLinear):
             self.diagonals.uniform_(-bound, bound)
 
     def to_dense(self) -> torch.Tensor:
+        # The gather is the reference; the fused build gives the same W with a backward that
+        # sums diagonals in one pass instead of an accumulating index_put_.
+        if toeplitz_dense is not None:
+            return toeplitz_dense(self.diagonals, self.in_features, self.out_features)
         return self.diagonals[self.index]
 
     def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
