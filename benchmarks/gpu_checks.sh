@@ -22,3 +22,7 @@ print("torch", torch.__version__, "numba", numba.__version__, "numba-cuda", numb
 PY
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_givens_cuda.py 2>&1 | tee "$OUT/gpu_tests.log"
 timeout 300 python3 benchmarks/givens_cuda.py --out "$OUT/givens_cuda.md" 2>&1 | tee "$OUT/givens_cuda.log"
+# The pre-typed launch path (opt-in, RLSTRUCT_CUDA_LAUNCH=pretyped): its tests on the GPU, then
+# host overhead per call, 4096 x 8192 forward vs memcpy, a captured policy forward vs dense.
+RLSTRUCT_CUDA_LAUNCH=pretyped timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_givens_cuda_launch.py tests/test_givens_cuda.py 2>&1 | tee "$OUT/gpu_tests_pretyped.log"
+RLSTRUCT_CUDA_LAUNCH=pretyped timeout 200 python3 benchmarks/givens_cuda_launch.py --out "$OUT/givens_cuda_launch.md" 2>&1 | tee "$OUT/givens_cuda_launch.log"

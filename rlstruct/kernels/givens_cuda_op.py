@@ -11,6 +11,7 @@ warns once when a CUDA tensor has to fall back to the pure-torch reference.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Optional
 
@@ -19,6 +20,11 @@ import torch
 from rlstruct.errors import RLStructError
 
 _STATE: dict[str, object] = {}  # "available": bool, "max_blocks": {device index: int}
+
+#: ``RLSTRUCT_CUDA_LAUNCH=pretyped`` launches through :mod:`rlstruct.kernels.givens_cuda_launch`
+#: (compiled once, cached views/geometry/stream, no interface sync; needed for CUDA-graph
+#: capture). Opt-in until a GPU run has measured and tested it (docs/cuda_kernel.md).
+PRETYPED = os.environ.get("RLSTRUCT_CUDA_LAUNCH", "") == "pretyped"
 
 
 def available() -> bool:
@@ -101,11 +107,19 @@ def givens_cuda(
 
     ``pairs`` ``(L, n)`` long, ``angles`` ``(L, n/2)``, ``scale`` ``(n,)`` or ``None``.
     """
-    from rlstruct.kernels.givens_cuda import launch_forward
-
     _check(x, pairs, angles, scale)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     scale_arg = x.new_empty(0) if scale is None else scale.to(torch.float32)
+    if PRETYPED:
+        from rlstruct.kernels import givens_cuda_launch as fast
+
+        keep = fast.persistent_view
+        fast.launch_forward(fast.view(x.contiguous()), keep(pairs.long().contiguous()),
+                            keep(angles.contiguous()), keep(scale_arg.contiguous()),
+                            fast.view(y), fast.current_stream())
+        return y
+    from rlstruct.kernels.givens_cuda import launch_forward
+
     launch_forward(_arr(x), _arr(pairs.long()), _arr(angles), _arr(scale_arg), _arr(y), stream=_stream())
     return y
 
@@ -141,7 +155,16 @@ def givens_cuda_backward(
         scale_arg, scale_partials = src.new_empty(0), src.new_zeros(0, 0)
     else:
         scale_arg, scale_partials = scale.to(torch.float32), src.new_zeros(blocks, n)
-    if batch:
+    if batch and PRETYPED:
+        from rlstruct.kernels import givens_cuda_launch as fast
+
+        keep, v = fast.persistent_view, fast.view
+        fast.launch_backward(
+            v(src.contiguous()), v(grad.contiguous()), keep(pairs.long().contiguous()),
+            keep(angles.contiguous()), keep(scale_arg.contiguous()), recompute, v(grad_x),
+            v(angle_partials), v(scale_partials), config, blocks, fast.current_stream(),
+        )
+    elif batch:
         launch_backward(
             _arr(src), _arr(grad), _arr(pairs.long()), _arr(angles), _arr(scale_arg), recompute,
             _arr(grad_x), _arr(angle_partials), _arr(scale_partials), config, blocks, stream=_stream(),
