@@ -3,9 +3,15 @@ workers, Ray vs local, settings errors, and the run folder train() writes for al
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -16,7 +22,7 @@ from conftest import tiny_config
 from rlstruct.algos.backends import LocalBackend, check_ray_address, make_backend
 from rlstruct.algos.es import ESSettings, EvolutionStrategy, PolicyActor, env_spec_from_config
 from rlstruct.algos.estimators import es_gradient, sample_directions
-from rlstruct.algos.rollout import RunningStats
+from rlstruct.algos.rollout import GivensWeight, PingTask, RunningStats, SeededTask
 from rlstruct.errors import RLStructError
 from rlstruct.envs import make_vec_env
 from rlstruct.run import load_run
@@ -116,19 +122,19 @@ def test_parallel_welford_merge_matches_one_pass():
 
 # ------------------------------------------------------------------------------------------------
 # the ES loop and its workers
-def _model(env_cfg):
+def _model(env_cfg, structure="toeplitz", layer_kwargs=None):
     from stable_baselines3 import PPO
 
     import rlstruct.policies  # noqa: F401  (registers "StructuredMlpPolicy")
 
     venv = make_vec_env(env_cfg, 1, 0)
     return PPO("StructuredMlpPolicy", venv, seed=0, device="cpu",
-               policy_kwargs=dict(structure="toeplitz", net_arch=[8, 8]))
+               policy_kwargs=dict(structure=structure, net_arch=[8, 8], layer_kwargs=layer_kwargs or {}))
 
 
-def _es(backend, env_cfg=CARTPOLE, directions=6, seed=0, **settings):
+def _es(backend, env_cfg=CARTPOLE, directions=6, seed=0, structure="toeplitz", **settings):
     s = ESSettings(directions=directions, sigma=0.1, learning_rate=0.05, **settings)
-    return EvolutionStrategy(s, PolicyActor(_model(env_cfg).policy), backend, seed, True, 0.0)
+    return EvolutionStrategy(s, PolicyActor(_model(env_cfg, structure).policy), backend, seed, True, 0.0)
 
 
 def _run(backend, iterations=3, **kwargs):
@@ -200,6 +206,83 @@ def test_a_killed_worker_loses_no_directions(reference_run):
     assert es.steps == steps
     assert np.array_equal(es.theta, theta)
     assert np.array_equal(es.obs_stats.mean, obs_mean)
+
+
+def test_worker_built_and_driver_built_perturbations_give_the_same_parameters(reference_run):
+    # Toeplitz W is a gather of theta: rebuilt in a worker it is the same floats as to_dense()'s.
+    theta, obs_mean, steps = reference_run
+    with LocalBackend(env_spec_from_config(CARTPOLE, ESSettings()), 2) as backend:
+        es = _run(backend, perturbations="driver")
+    assert not es.seeded and es.steps == steps
+    assert np.array_equal(es.theta, theta) and np.array_equal(es.obs_stats.mean, obs_mean)
+
+
+def test_seeded_iterations_send_one_spec_per_worker_and_tiny_tasks():
+    import pickle
+
+    directions, workers = 6, 2
+    with LocalBackend(env_spec_from_config(CARTPOLE, ESSettings()), workers) as backend:
+        es = _es(backend, directions=directions)
+        assert es.seeded
+        first = es.step()
+        # the program once per worker, then per iteration one spec per worker plus the tasks
+        assert first["messages"] == 2 * workers + directions
+        info = es.step()
+        assert info["messages"] == workers + directions
+        assert info["serial_s"] > 0 and info["parallel_s"] > 0
+        timing = es.timing()
+        assert timing["timed_iterations"] == 2 and 0 < timing["serial_share"] < 1
+        assert timing["perturbations"] == "worker"
+        # a task names a direction and a seed: it does not grow with the policy
+        assert len(pickle.dumps(SeededTask(0, 2**31, 7))) < 200
+        assert [r.index for r in backend.map([PingTask(i) for i in range(5)])] == list(range(5))
+
+
+def test_kama_actor_program_matches_to_dense_and_trains_on_workers():
+    for kwargs in ({"layout": "butterfly"}, {"mode": "random"}, {"layout": "random"}):
+        actor = PolicyActor(_model(PENDULUM, "kama", kwargs).policy)
+        program = actor.program()
+        assert program is not None, kwargs
+        if kwargs.get("mode") != "random":  # learned angles: rebuilt from the rotations
+            assert isinstance(program.layers[0].weight, GivensWeight)
+        theta = actor.get_vector() + 0.3 * np.random.default_rng(0).normal(size=actor.dim)
+        for ours, ref in zip(program.build(theta).layers, actor.numpy_actor(theta).layers):
+            np.testing.assert_allclose(ours.weight, ref.weight, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(ours.bias, ref.bias, rtol=1e-6, atol=1e-7)
+    # worker counts still do not matter (each worker rebuilds the rotations from theta)
+    spec = env_spec_from_config(PENDULUM, ESSettings())
+    runs = []
+    for workers in (1, 2):
+        with LocalBackend(spec, workers) as backend:
+            runs.append(_run(backend, iterations=2, env_cfg=PENDULUM, structure="kama",
+                             direction_blocks="tensors").theta)
+    assert np.array_equal(*runs)
+
+
+def test_tensor_direction_blocks_are_orthogonal_within_each_tensor():
+    actor = PolicyActor(_model(PENDULUM, "kama").policy)
+    with LocalBackend(env_spec_from_config(PENDULUM, ESSettings()), 1) as backend:
+        es = _es(backend, env_cfg=PENDULUM, structure="kama", directions=4, direction_blocks="tensors")
+        eps = es.directions(0)
+    start = 0
+    for size in actor.tensor_sizes():
+        block = eps[:, start : start + size]
+        start += size
+        if size >= 4:  # as many directions as coordinates or fewer: exactly orthogonal rows
+            gram = block @ block.T
+            assert np.abs(gram - np.diag(np.diag(gram))).max() < 1e-10 * np.diag(gram).max()
+    assert start == eps.shape[1] == actor.dim
+
+
+def test_a_family_without_a_numpy_form_falls_back_to_driver_built_actors():
+    actor = PolicyActor(_model(CARTPOLE, "lowrank").policy)
+    assert actor.program() is None  # U V^T is bilinear: no worker-side form here
+    with LocalBackend(env_spec_from_config(CARTPOLE, ESSettings()), 1) as backend:
+        es = _es(backend, structure="lowrank")
+        assert not es.seeded
+        es.step()
+        with pytest.raises(RLStructError, match="no NumPy form"):
+            _es(backend, structure="lowrank", perturbations="worker")
 
 
 def test_ray_backend_gives_the_local_result_even_when_an_actor_dies(reference_run):
@@ -280,6 +363,9 @@ def test_train_with_algo_es_writes_a_ppo_loadable_run(tmp_path):
     assert saved["status"] == "finished" and saved["algo"] == "es"
     assert saved["command"] == "train.py algo=es"
     assert saved["steps"] >= 3200 and saved["es"]["episodes"] == 8 * saved["es"]["iterations"]
+    es_info = saved["es"]
+    assert es_info["timed_iterations"] == es_info["iterations"] and es_info["perturbations"] == "worker"
+    assert es_info["serial_s"] > 0 and es_info["parallel_s"] > 0 and 0 < es_info["serial_share"] < 1
     for key in ("params", "compression", "git_commit", "steps_per_s", "wall_time_s", "final_eval"):
         assert key in saved
     rows = (run / "evaluations.csv").read_text().splitlines()
@@ -323,3 +409,96 @@ def test_resumed_es_run_continues_exactly(tmp_path, monkeypatch, how):
     a = PPO.load(tmp_path / "straight" / "model.zip").es_state
     b = PPO.load(part / "model.zip").es_state
     assert a["theta"] == b["theta"] and a["obs_stats"] == b["obs_stats"]
+
+
+def test_train_with_policy_kama_and_algo_es(tmp_path):
+    cfg = tiny_config(tmp_path, algo="es", env="pendulum", policy="kama", **{"policy.hidden": "[8,8]"})
+    cfg["algo"].update(directions=4, n_workers=1, sigma=0.1, learning_rate=0.05)
+    cfg.update(total_timesteps=1600, progress_bar=False, seed=3)
+    cfg["eval"].update(freq=1600, episodes=1, final_episodes=1)
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["status"] == "finished" and metrics["es"]["perturbations"] == "worker"
+    assert metrics["es"]["searched_parameters"] > 0 and np.isfinite(metrics["final_eval"]["mean"])
+
+
+# ------------------------------------------------------------------------------------------------
+# an existing Ray cluster (a head started with the ray CLI, joined by address)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_backend_joins_a_running_cluster_by_address(reference_run, monkeypatch):
+    pytest.importorskip("ray")
+    # Ray >= 2.5x turns token authentication on for clusters started by `ray start` and keeps
+    # the token in ~/.ray; this throwaway loopback head runs without it, on both sides.
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cli = shutil.which("ray") or shutil.which("ray", path=os.path.dirname(sys.executable))
+    if cli is None:
+        pytest.skip("the ray CLI is not installed")
+    port = _free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The cluster's workers must import rlstruct: as on a real node, from the environment.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+               RAY_worker_niceness="0")
+    # Our own (short: Unix socket paths) session folder; at the end we stop only the processes
+    # whose command line names it, never another Ray on this machine (no `ray stop`).
+    temp = tempfile.mkdtemp(prefix="rlr", dir="/tmp")
+    start = [cli, "start", "--head", "--num-cpus=2", f"--port={port}", "--node-ip-address=127.0.0.1",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    try:
+        done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        done = None
+    try:
+        if done is None or done.returncode != 0:
+            pytest.skip(f"ray start --head failed: {(done.stderr or done.stdout)[-300:] if done else 'timeout'}")
+        theta, _, steps = reference_run
+        # The driver runs in a fresh interpreter, as a user's train.py would: a Ray instance this
+        # test process started and shut down before (the local-Ray test) leaves state that
+        # cancels actor creation on the next cluster.
+        out = os.path.join(temp, "theta.npy")
+        script = (
+            "import sys, numpy as np\n"
+            f"sys.path[:0] = [{os.path.join(root, 'tests')!r}, {root!r}]\n"
+            "from test_es import CARTPOLE, _run\n"
+            "from rlstruct.algos.backends import make_backend\n"
+            "from rlstruct.algos.es import ESSettings, env_spec_from_config\n"
+            "spec = env_spec_from_config(CARTPOLE, ESSettings())\n"
+            f"with make_backend('ray', spec, 2, '127.0.0.1:{port}') as backend:\n"
+            "    assert backend._started\n"
+            "    es = _run(backend)\n"
+            f"np.save({out!r}, np.append(es.theta, es.steps))\n"
+        )
+        ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        result = np.load(out)
+        assert result[-1] == steps and np.array_equal(result[:-1], theta)
+    finally:
+        _stop_processes_naming(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_processes_naming(text: str, timeout_s: float = 5.0) -> None:
+    """SIGTERM (then SIGKILL) the processes whose command line contains ``text``."""
+    def matching():
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                        if text.encode() in handle.read():
+                            pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in matching():
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.time() + timeout_s
+        while matching() and time.time() < deadline:
+            time.sleep(0.2)
