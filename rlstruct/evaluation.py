@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -32,6 +33,7 @@ def _follow_agent(env) -> None:
     body = int(getattr(viewer.cam, "trackbodyid", -1))
     viewer.cam.type = mujoco.mjtCamera.mjCAMERA_TRACKING
     viewer.cam.trackbodyid = body if body > 0 else 1  # body 0 is the world
+    renderer.camera_id = None  # else every render() call resets the camera to the free one
 
 
 def _render(env) -> Optional[np.ndarray]:
@@ -45,11 +47,18 @@ def _render(env) -> Optional[np.ndarray]:
 
 
 class _FrameWriter:
-    """Frames to a file as they come: .mp4 streams through ffmpeg, .gif keeps 1-byte palette frames."""
+    """Frames to a file as they come: .mp4 streams through ffmpeg, .gif keeps 1-byte palette frames.
+
+    GIF delays are whole centiseconds and players stretch delays under 20 ms, so a GIF keeps
+    every ``stride``-th frame (at most 25 per second: Hopper's 125 fps becomes every 5th frame
+    shown for 40 ms), which plays at the env's own speed; an .mp4 keeps every frame at its fps.
+    """
 
     def __init__(self, path: str, fps: float):
-        self.path, self.fps = path, fps
+        self.path = path
         self.suffix = Path(path).suffix.lower()
+        self.stride = max(1, math.ceil(fps / 25)) if self.suffix == ".gif" else 1
+        self.fps = fps / self.stride
         self.frames = []
         self.count = 0
         if self.suffix != ".gif":
@@ -68,7 +77,7 @@ class _FrameWriter:
             from PIL import Image
 
             # a palette image is a third of the RGB frame: a 1000-step episode stays ~230 MB at 480x480
-            self.frames.append(Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT))
+            self.frames.append(Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.FASTOCTREE))
         else:
             self.writer.append_data(frame)
 
@@ -78,7 +87,7 @@ class _FrameWriter:
                 if self.frames:
                     # GIF frame delays are in milliseconds
                     self.frames[0].save(self.path, save_all=True, append_images=self.frames[1:],
-                                        duration=round(1000 / self.fps), loop=0)
+                                        duration=round(1000 / self.fps, -1), loop=0)
             else:
                 self.writer.close()
         except (ValueError, RuntimeError, OSError) as exc:
@@ -97,10 +106,11 @@ def record_video(model: Any, venv: Any, path: str, deterministic: bool = True, m
     obs = venv.reset()
     _follow_agent(env)
     writer = _FrameWriter(path, fps)
-    for _ in range(max_steps):
-        frame = _render(env)
-        if frame is not None:
-            writer.add(frame)
+    for step in range(max_steps):
+        if step % writer.stride == 0:  # render only the frames the file keeps
+            frame = _render(env)
+            if frame is not None:
+                writer.add(frame)
         action, _ = model.predict(obs, deterministic=deterministic)
         obs, _, dones, _ = venv.step(action)
         if dones[0]:

@@ -247,6 +247,11 @@ def test_evaluate_records_a_video(tmp_path):
 
     frames = imageio.mimread(video)
     assert len(frames) > 5 and frames[0].ndim == 3
+    from PIL import Image
+
+    with Image.open(video) as gif:  # Hopper renders at 125 fps: every 5th frame, 40 ms each, plays in real time
+        gif.seek(1)
+        assert gif.info["duration"] == 40
 
 
 def test_run_settings_are_checked_before_training():
