@@ -1,6 +1,7 @@
 """PPO throughput of every registered structure against dense ``nn.Linear``, one torch thread.
 
-For each hidden size (``64-64``, ``256-256``) and structure it builds SB3's
+For each architecture (``64-64`` tanh, ``256-256`` relu: the RL Zoo's tuned MuJoCo policy,
+``log_std_init -2``, ``ortho_init False``) and structure it builds SB3's
 ``PPO("StructuredMlpPolicy", "Hopper-v5", policy_kwargs=dict(structure=s, net_arch=...))``
 with PPO's defaults (n_steps 2048, batch 64, 10 epochs) and reports, as ratios to SB3's
 ``MlpPolicy`` (plain ``nn.Linear`` layers) timed in the same run:
@@ -41,7 +42,10 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# RLSTRUCT_CODE=<checkout> times another checkout's rlstruct (the "before" column) with this
+# harness; results still go under this checkout.
+CODE = Path(os.environ.get("RLSTRUCT_CODE", ROOT)).resolve()
+sys.path.insert(0, str(CODE))
 
 import rlstruct.policies  # noqa: E402,F401  (registers "StructuredMlpPolicy")
 from rlstruct.kernels import dispatch  # noqa: E402
@@ -50,15 +54,43 @@ from rlstruct.layers import available_structures, make_layer  # noqa: E402
 BASELINE = "nn.Linear"  # SB3's MlpPolicy
 
 
-def build_model(structure: str, hidden: List[int], seed: int):
+def arch_kwargs(hidden: List[int], activation: str) -> Dict[str, object]:
+    """``policy_kwargs`` shared by the baseline and the structured policy. ReLU stands for the
+    RL Zoo's tuned MuJoCo policy (``log_std_init -2``, ``ortho_init False``), tanh for SB3's
+    default one."""
+    kwargs: Dict[str, object] = dict(net_arch=dict(pi=list(hidden), vf=list(hidden)),
+                                     activation_fn=nn.ReLU if activation == "relu" else nn.Tanh)
+    if activation == "relu":
+        kwargs.update(log_std_init=-2.0, ortho_init=False)
+    return kwargs
+
+
+def build_model(structure: str, hidden: List[int], seed: int, activation: str = "tanh"):
     from stable_baselines3 import PPO
 
-    arch = dict(pi=list(hidden), vf=list(hidden))
+    kwargs = arch_kwargs(hidden, activation)
     if structure == BASELINE:
-        return PPO("MlpPolicy", "Hopper-v5", policy_kwargs=dict(net_arch=arch), seed=seed,
-                   device="cpu")
+        return PPO("MlpPolicy", "Hopper-v5", policy_kwargs=kwargs, seed=seed, device="cpu")
     return PPO("StructuredMlpPolicy", "Hopper-v5", seed=seed, device="cpu",
-               policy_kwargs=dict(structure=structure, net_arch=arch))
+               policy_kwargs=dict(structure=structure, **kwargs))
+
+
+def time_predict_after_update(model, observations: np.ndarray, calls: int) -> Dict[str, float]:
+    """``calls`` single predictions right after an update: first call, mean and median
+    seconds, and how many times a structured layer rebuilt its cached ``W`` (identity of the
+    cached tensor changing between calls)."""
+    from rlstruct.layers import StructuredLinear
+
+    layers = [m for m in model.policy.modules() if isinstance(m, StructuredLinear)]
+    times, rebuilds = [], 0
+    for i in range(calls):
+        before = [id(m._cached_weight) for m in layers]
+        start = time.perf_counter()
+        model.predict(observations[i % len(observations)], deterministic=True)
+        times.append(time.perf_counter() - start)
+        rebuilds += sum(a != id(m._cached_weight) for a, m in zip(before, layers))
+    return {"first": times[0], "mean": statistics.fmean(times),
+            "median": statistics.median(times), "rebuilds": rebuilds}
 
 
 def warm_up(model) -> None:
@@ -214,18 +246,58 @@ def first_call_seconds(cache_dir: Optional[str]) -> List[float]:
     return [float(v) for v in out.stdout.split()]
 
 
+def summarize_after(label: str, structure: str, after) -> Dict[str, object]:
+    """Medians over rounds of the predict-after-update figures, baseline and structure."""
+    def med(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in after[side])
+
+    return {
+        "hidden": label, "structure": structure,
+        "base_first_us": med("base", "first") * 1e6, "first_us": med("mine", "first") * 1e6,
+        "mean_ratio": med("base", "mean") / med("mine", "mean"),
+        "median_ratio": med("base", "median") / med("mine", "median"),
+        "rebuilds": sum(r["rebuilds"] for r in after["mine"]) / len(after["mine"]),
+    }
+
+
+def layer_paths(structures: List[str]) -> List[Dict[str, object]]:
+    """One layer's training fwd+bwd (batch rows, sum loss), both paths and what ``forward``
+    picks, against ``nn.Linear``: the measurements behind ``train_structured`` rules."""
+    rows = []
+    for size in ((11, 64), (64, 64), (11, 256), (256, 256)):
+        for batch in (32, 64):
+            x = torch.randn(batch, size[0])
+            linear = nn.Linear(*size)
+            base = median_time(lambda: linear(x).sum().backward())
+            for structure in structures:
+                if structure == "dense":
+                    continue
+                times = {}
+                for name, threshold in (("build", 1 << 30), ("structure", 0), ("picked", None)):
+                    layer = make_layer(structure, *size, dense_threshold=threshold)
+                    times[name] = median_time(lambda: layer(x).sum().backward())
+                rows.append({"size": f"{size[0]}->{size[1]}", "batch": batch,
+                             "structure": structure, "linear_us": base * 1e6,
+                             **{f"{k}_us": v * 1e6 for k, v in times.items()}})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--structures", default="all",
                         help="comma-separated registered structures (default: all)")
-    parser.add_argument("--hidden", default="64,256", help="hidden widths (two layers each)")
+    parser.add_argument("--hidden", default="64:tanh,256:relu",
+                        help="comma-separated WIDTH:ACTIVATION (two hidden layers each)")
     parser.add_argument("--steps", type=int, default=2048, help="timed environment steps")
     parser.add_argument("--rounds", type=int, default=2,
                         help="paired repeats per structure (median kept)")
     parser.add_argument("--predict-calls", type=int, default=1000)
+    parser.add_argument("--after-update-calls", type=int, default=500,
+                        help="single predictions timed right after each learn call")
     parser.add_argument("--out", default="results/ppo_throughput", help="path without suffix")
     parser.add_argument("--skip-micro", action="store_true")
+    parser.add_argument("--skip-first-call", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -237,21 +309,30 @@ def main(argv: Optional[List[str]] = None) -> None:
     ordered = sorted(names, key=lambda name: name != "kama")  # the layer with targets first
     load_before = os.getloadavg()
     start_all = time.perf_counter()
-    rows = []
-    for hidden in map(int, args.hidden.split(",")):
-        baseline = build_model(BASELINE, [hidden, hidden], seed=0)
+    rows, after_rows = [], []
+    for spec in args.hidden.split(","):
+        width_text, _, activation = spec.partition(":")
+        hidden, activation = int(width_text), activation or "tanh"
+        label = f"{hidden}-{hidden} {activation}"
+        baseline = build_model(BASELINE, [hidden, hidden], 0, activation)
         warm_up(baseline)
         observations = sample_observations(baseline)
         baseline_runs: Dict[str, List[float]] = {"train": [], "predict": []}
         for structure in ordered:
             torch.manual_seed(0)
-            model = build_model(structure, [hidden, hidden], seed=0)
+            model = build_model(structure, [hidden, hidden], 0, activation)
             warm_up(model)
             ratios: Dict[str, List[float]] = {k: [] for k in ("train", "rollout", "update",
                                                               "predict")}
             speeds: Dict[str, List[float]] = {"train": [], "predict": []}
+            after: Dict[str, List[Dict[str, float]]] = {"base": [], "mine": []}
             for _ in range(args.rounds):
-                base, mine = time_training(baseline, args.steps), time_training(model, args.steps)
+                base = time_training(baseline, args.steps)
+                after["base"].append(time_predict_after_update(
+                    baseline, observations, args.after_update_calls))
+                mine = time_training(model, args.steps)
+                after["mine"].append(time_predict_after_update(
+                    model, observations, args.after_update_calls))
                 for phase, name in (("total", "train"), ("rollout", "rollout"),
                                     ("update", "update")):
                     ratios[name].append(base[phase] / mine[phase])
@@ -263,7 +344,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 baseline_runs["train"].append(args.steps / base["total"])
                 baseline_runs["predict"].append(1.0 / base_p)
             row = {
-                "hidden": f"{hidden}-{hidden}", "structure": structure,
+                "hidden": label, "structure": structure,
                 "params": count_parameters(model),
                 "train_steps_per_s": round(statistics.median(speeds["train"]), 1),
                 "train_ratio": round(statistics.median(ratios["train"]), 3),
@@ -273,9 +354,10 @@ def main(argv: Optional[List[str]] = None) -> None:
                 "predict_ratio": round(statistics.median(ratios["predict"]), 3),
             }
             rows.append(row)
-            print(row, flush=True)
+            after_rows.append(summarize_after(label, structure, after))
+            print(row, after_rows[-1], flush=True)
         rows.insert(len(rows) - len(ordered), {
-            "hidden": f"{hidden}-{hidden}", "structure": BASELINE,
+            "hidden": label, "structure": BASELINE,
             "params": count_parameters(baseline),
             "train_steps_per_s": round(statistics.median(baseline_runs["train"]), 1),
             "train_ratio": 1.0, "rollout_phase_ratio": 1.0, "update_phase_ratio": 1.0,
@@ -285,12 +367,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     ppo_seconds = time.perf_counter() - start_all
     load_after = os.getloadavg()
 
+    path_rows = [] if args.skip_micro else layer_paths(ordered)
     micro_rows = [] if args.skip_micro else micro([64, 256], 64)
     product_rows = [] if args.skip_micro else product_sizes(
         [(64, 64), (256, 64), (256, 2048), (1024, 64), (1024, 2048)])
-    first_cached = first_call_seconds(None)
-    with tempfile.TemporaryDirectory() as fresh:
-        first_compile = first_call_seconds(fresh)
+    first_cached = first_compile = None
+    if not args.skip_first_call:
+        first_cached = first_call_seconds(None)
+        with tempfile.TemporaryDirectory() as fresh:
+            first_compile = first_call_seconds(fresh)
 
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -302,17 +387,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         "benchmarks/ppo_throughput.py", *(sys.argv[1:] if argv is None else argv)])
     write_markdown(out.with_suffix(".md"), command, rows, micro_rows, product_rows,
                    first_cached, first_compile, load_before, load_after, ppo_seconds,
-                   args.rounds, args.steps)
+                   args.rounds, args.steps, after_rows, path_rows)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
 
 
 def write_markdown(path: Path, command: str, rows, micro_rows, product_rows, first_cached,
                    first_compile, load_before, load_after, ppo_seconds, rounds: int,
-                   steps: int) -> None:
+                   steps: int, after_rows=(), path_rows=()) -> None:
     lines = [
         "# PPO throughput: structured policies vs dense (CPU, one torch thread)", "",
         f"Command: `{command}`", "",
-        f"Hopper-v5, SB3 PPO defaults (n_steps 2048, batch 64, 10 epochs), one env; timed "
+        f"Hopper-v5, SB3 PPO defaults (n_steps 2048, batch 64, 10 epochs), one env; relu rows "
+        "use the RL Zoo MuJoCo policy options (log_std_init -2, ortho_init False); timed "
         f"`model.learn({steps})` after a warm-up. Paired measurements: each structure's "
         "learn call runs right after one of SB3's `MlpPolicy` (plain `nn.Linear`, row "
         f"`{BASELINE}`), its predictions alternate call by call with the baseline's, and "
@@ -335,16 +421,34 @@ def write_markdown(path: Path, command: str, rows, micro_rows, product_rows, fir
             f" | {r['train_ratio']:.2f} | {r['rollout_phase_ratio']:.2f} | "
             f"{r['update_phase_ratio']:.2f} | {r['predict_per_s']:.0f} | "
             f"{r['predict_ratio']:.2f} |")
-    kama = [r for r in rows if r["structure"] == "kama"]
-    if kama:
-        lines += ["", "## Targets (KAMA)", ""]
-        for r in kama:
-            train_ok = "met" if r["train_ratio"] >= 0.9 else "NOT met"
-            predict_ok = "met" if r["predict_ratio"] >= 1.0 else "NOT met"
+    if after_rows:
+        lines += [
+            "", "## Predict right after an update", "",
+            "Single `predict` calls timed one by one right after each `learn` call (the "
+            "baseline's after its own learn). `rebuilds`: structured layers whose cached W "
+            "was rebuilt during those calls (per round; 2 = each actor layer once, on the "
+            "first call). Ratios > 1: faster than dense.", "",
+            "| hidden | structure | first call us (dense) | first call us | mean ratio | "
+            "median ratio | rebuilds |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in after_rows:
             lines.append(
-                f"- {r['hidden']}: training {r['train_ratio']:.2f}x dense (target >= 0.9x: "
-                f"{train_ok}); predict {r['predict_ratio']:.2f}x dense (target >= 1.0x: "
-                f"{predict_ok}).")
+                f"| {r['hidden']} | {r['structure']} | {r['base_first_us']:.0f} | "
+                f"{r['first_us']:.0f} | {r['mean_ratio']:.2f} | {r['median_ratio']:.2f} | "
+                f"{r['rebuilds']:.1f} |")
+    if path_rows:
+        lines += [
+            "", "## Paths: one layer's training fwd+bwd, build vs structure (microseconds)", "",
+            "`build`: W built then one matmul; `structure`: the transform applied to the "
+            "batch; `picked`: what `forward` chooses by default (`train_structured`).", "",
+            "| size | batch | structure | nn.Linear | build | structure | picked |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in path_rows:
+            lines.append(
+                f"| {r['size']} | {r['batch']} | {r['structure']} | {r['linear_us']:.0f} | "
+                f"{r['build_us']:.0f} | {r['structure_us']:.0f} | {r['picked_us']:.0f} |")
     if micro_rows:
         lines += [
             "", "## Micro: KAMA layer vs nn.Linear (square, batch 64, microseconds)", "",
@@ -373,6 +477,9 @@ def write_markdown(path: Path, command: str, rows, micro_rows, product_rows, fir
         for r in product_rows:
             lines.append(f"| {r['width']} | {r['batch']} | {r['fused_us']:.0f} | "
                          f"{r['reference_us']:.0f} | {r['reference_us'] / r['fused_us']:.1f} |")
+    if first_cached is None:
+        path.write_text("\n".join(lines) + "\n")
+        return
     lines += [
         "", "## First call (fresh process: import, then one KAMA 64x64 fwd+bwd)", "",
         f"- numba machine code cached (`cache=True`, `__pycache__`): import "
