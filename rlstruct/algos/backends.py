@@ -38,6 +38,23 @@ BACKENDS = ("local", "ray")
 START_METHODS = ("spawn", "forkserver")
 _RAY_NICENESS = "RAY_worker_niceness"
 _MISSING = object()
+#: BLAS/OpenMP thread counts for workers (unless the user set them): a worker regenerates the
+#: iteration's directions (a QR per block) while every other core runs a worker too, and
+#: multi-threaded BLAS on busy cores only oversubscribes them (measured: 10-40x slower QRs on a
+#: loaded 2-core machine, results/es_projection.md).
+WORKER_THREAD_VARS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@contextlib.contextmanager
+def _worker_thread_env() -> Iterator[None]:
+    """Single-threaded BLAS in the children started inside (spawned children copy os.environ)."""
+    added = {k: v for k, v in WORKER_THREAD_VARS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            del os.environ[key]
 
 
 class WorkerFailure(RuntimeError):
@@ -129,7 +146,7 @@ class _LocalWorker:
     def __init__(self, ctx, env_spec: EnvSpec) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, args=(child, env_spec), daemon=True)
-        with _global_start_method(ctx.get_start_method()):
+        with _global_start_method(ctx.get_start_method()), _worker_thread_env():
             self.process.start()
         child.close()
         self.task: Optional[int] = None  # index into the current map's tasks
@@ -263,6 +280,10 @@ class _RayWorker:
         return execute(self.env, task, self.cache, self.name)
 
 
+def _thread_vars() -> Dict[str, str]:
+    return {k: v for k, v in WORKER_THREAD_VARS.items() if k not in os.environ}
+
+
 def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     """Fail fast, with a clear message, when a ``host:port`` Ray address does not answer."""
     if address in ("auto", "local"):
@@ -316,7 +337,7 @@ class RayBackend(Backend):
                     num_cpus=None if address else n_workers,
                     include_dashboard=False,
                     log_to_driver=False,
-                    runtime_env={"env_vars": {"PYTHONPATH": path}} if not address else None,
+                    runtime_env={"env_vars": {"PYTHONPATH": path, **_thread_vars()}} if not address else None,
                 )
             except ConnectionError as exc:
                 raise RLStructError(
