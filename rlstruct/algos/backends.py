@@ -338,8 +338,6 @@ class RayBackend(Backend):
                     include_dashboard=False,
                     log_to_driver=False,
                     runtime_env={"env_vars": {"PYTHONPATH": path, **_thread_vars()}} if not address else None,
-                    # a Ray of our own lives on this machine: keep its services on loopback
-                    **({} if address else {"_node_ip_address": "127.0.0.1"}),
                 )
             except ConnectionError as exc:
                 raise RLStructError(
