@@ -119,3 +119,95 @@ def test_explicit_threshold_disables_the_batch_rule():
     layer.apply_structured = lambda x: calls.append(1) or original(x)
     layer(torch.randn(8, 256)).sum().backward()
     assert not calls  # the build path, as requested
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused training path: build kernel + matmul + bias as one autograd node (StructuredLinear
+# `_BuiltLinear`), against the unfused reference F.linear(x, to_dense(), bias).
+FUSED_SIZES = [(1, 1), (3, 5), (11, 64), (64, 11), (64, 64), (65, 33), (17, 130)]
+
+
+def _fused_layer(structure, size, dtype, bias=True):
+    torch.manual_seed(0)
+    # A huge threshold keeps the build path (where the fused node applies) at every size.
+    return make_layer(structure, *size, bias=bias, dense_threshold=1 << 30).to(dtype)
+
+
+@pytest.mark.parametrize("structure", ["kama", "hd3", "toeplitz"])
+@pytest.mark.parametrize("size", FUSED_SIZES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_training_path_matches_unfused(structure, size, bias, monkeypatch):
+    layer = _fused_layer(structure, size, torch.float64, bias)
+    assert layer._fused_inputs(torch.randn(2, size[0], dtype=torch.float64)) is not None
+    x = torch.randn(9, size[0], dtype=torch.float64, requires_grad=True)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    y = layer(x)
+    assert y.grad_fn is not None and "BuiltLinear" in type(y.grad_fn).__name__
+    grads = torch.autograd.grad(y.sin().sum(), [x, *params])
+    y_ref = torch.nn.functional.linear(x, layer.to_dense(), layer.bias)
+    grads_ref = torch.autograd.grad(y_ref.sin().sum(), [x, *params])
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # the class-wide switch gives the unfused node and the same numbers
+    monkeypatch.setattr(type(layer), "fused_training", False)
+    y_off = layer(x)
+    assert "BuiltLinear" not in type(y_off.grad_fn).__name__
+    torch.testing.assert_close(y_off, y, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("structure", ["kama", "hd3", "toeplitz"])
+def test_fused_training_path_gradcheck_and_double_backward(structure):
+    layer = _fused_layer(structure, (5, 6), torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    names = [n for n, p in layer.named_parameters() if p.requires_grad]
+
+    def fn(x_, *ps):
+        saved = {n: getattr(layer, n) for n in names}
+        try:
+            for n, p in zip(names, ps):
+                layer._parameters[n] = p
+            return layer(x_)
+        finally:
+            for n, p in saved.items():
+                layer._parameters[n] = p
+
+    inputs = (x, *[p.detach().clone().requires_grad_() for p in params])
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("structure", ["kama", "hd3", "toeplitz"])
+def test_fused_training_path_float32_close_to_float64(structure):
+    layer64 = _fused_layer(structure, (64, 64), torch.float64)
+    layer32 = _fused_layer(structure, (64, 64), torch.float32)
+    x = torch.randn(64, 64, dtype=torch.float64)
+    y64, y32 = layer64(x), layer32(x.float())
+    assert _err(y32, y64) < 1e-4
+    y32.sum().backward()
+    y64.sum().backward()
+    for p32, p64 in zip(layer32.parameters(), layer64.parameters()):
+        assert _err(p32.grad, p64.grad) < 1e-3 * max(1.0, p64.grad.abs().max().item())
+
+
+def test_fused_path_not_taken_for_random_mode_or_mixed_dtype():
+    hd3 = make_layer("hd3", 8, 8, mode="random", dense_threshold=1 << 30)
+    assert hd3._fused_inputs(torch.randn(2, 8)) is None  # output scale: unfused build
+    kama = make_layer("kama", 8, 8)
+    assert kama._fused_inputs(torch.randn(2, 8, dtype=torch.float64)) is None
+
+
+def test_inference_cache_follows_data_reassignment():
+    """`vector_to_parameters` reassigns `.data` without bumping versions: the cache key
+    (versions and data pointers) still sees it."""
+    layer = make_layer("kama", 8, 8)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        before = layer(x)
+        vec = torch.nn.utils.parameters_to_vector(layer.parameters()) * 0.5
+        torch.nn.utils.vector_to_parameters(vec, layer.parameters())
+        after = layer(x)
+        expected = torch.nn.functional.linear(x, layer.to_dense(), layer.bias)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected)

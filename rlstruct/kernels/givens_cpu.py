@@ -288,6 +288,40 @@ class _GivensProduct(torch.autograd.Function):
         )
 
 
+def dense_build(
+    pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
+    in_features: int, out_features: int,
+) -> Tuple[torch.Tensor, tuple]:
+    """The fused build without autograd: ``W (out, in)`` and the state
+    :func:`dense_build_backward` needs (NumPy arrays, private copies: an optimizer step
+    before the backward does not change them)."""
+    n = scale.shape[0]
+    pairs_np = _checked_pairs(pairs, angles, n)
+    if scale.shape != (n,) or not (1 <= in_features <= n and 1 <= out_features <= n):
+        raise RLStructError(
+            f"givens: scale {tuple(scale.shape)}, in {in_features}, out {out_features} "
+            f"do not fit width {n}; pass scale (n,) and 1 <= in, out <= n"
+        )
+    angles_np = _np(angles)
+    cos, sin = np.cos(angles_np), np.sin(angles_np)
+    scale_np = _np(scale).copy()
+    rotated = np.empty((pairs_np.shape[1], in_features), dtype=cos.dtype)
+    weight = torch.empty((out_features, in_features), dtype=scale.dtype)
+    _dense_forward(pairs_np, cos, sin, scale_np, rotated, weight.numpy())
+    return weight, (pairs_np, cos, sin, scale_np, rotated)
+
+
+def dense_build_backward(state: tuple, grad_weight: torch.Tensor
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_angles, grad_scale)`` of :func:`dense_build` from ``grad_weight (out, in)``."""
+    pairs_np, cos, sin, scale_np, rotated = state
+    grad_angles = np.empty_like(cos)
+    grad_scale = np.empty_like(scale_np)
+    _dense_backward(rotated, _np(grad_weight), pairs_np, cos, sin, scale_np, grad_angles,
+                    grad_scale)
+    return torch.from_numpy(grad_angles), torch.from_numpy(grad_scale)
+
+
 class _GivensDense(torch.autograd.Function):
     """Fused KAMA weight build: one call forward, one call backward."""
 
@@ -296,21 +330,8 @@ class _GivensDense(torch.autograd.Function):
         ctx, pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
         in_features: int, out_features: int,
     ) -> torch.Tensor:
-        n = scale.shape[0]
-        pairs_np = _checked_pairs(pairs, angles, n)
-        if scale.shape != (n,) or not (1 <= in_features <= n and 1 <= out_features <= n):
-            raise RLStructError(
-                f"givens: scale {tuple(scale.shape)}, in {in_features}, out {out_features} "
-                f"do not fit width {n}; pass scale (n,) and 1 <= in, out <= n"
-            )
-        angles_np = _np(angles)
-        cos, sin = np.cos(angles_np), np.sin(angles_np)
-        scale_np = _np(scale).copy()  # an optimizer step before backward must not change it
-        rotated = np.empty((pairs_np.shape[1], in_features), dtype=cos.dtype)
-        weight = torch.empty((out_features, in_features), dtype=scale.dtype)
-        _dense_forward(pairs_np, cos, sin, scale_np, rotated, weight.numpy())
+        weight, ctx.state = dense_build(pairs, angles, scale, in_features, out_features)
         ctx.save_for_backward(pairs, angles, scale)  # for the double-backward path only
-        ctx.arrays = (pairs_np, cos, sin, scale_np, rotated)
         ctx.sizes = (in_features, out_features)
         return weight
 
@@ -324,16 +345,11 @@ class _GivensDense(torch.autograd.Function):
                 ctx.needs_input_grad[1], ctx.needs_input_grad[2], middle=None,
             )
             return (None, *grads, None, None)
-        pairs_np, cos, sin, scale_np, rotated = ctx.arrays
-        grad_angles = np.empty_like(cos)
-        grad_scale = np.empty_like(scale_np)
-        _dense_backward(
-            rotated, _np(grad_weight), pairs_np, cos, sin, scale_np, grad_angles, grad_scale
-        )
+        grad_angles, grad_scale = dense_build_backward(ctx.state, grad_weight)
         return (
             None,
-            torch.from_numpy(grad_angles) if ctx.needs_input_grad[1] else None,
-            torch.from_numpy(grad_scale) if ctx.needs_input_grad[2] else None,
+            grad_angles if ctx.needs_input_grad[1] else None,
+            grad_scale if ctx.needs_input_grad[2] else None,
             None,
             None,
         )

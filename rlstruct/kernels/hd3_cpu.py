@@ -24,6 +24,7 @@ Double backward (``create_graph=True``) differentiates the reference for that ca
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import numba
 import numpy as np
@@ -146,18 +147,34 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy())
 
 
+def product_forward(x: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor,
+                    n: int, out_features: int) -> Tuple[torch.Tensor, tuple]:
+    """The fused product without autograd: ``y (batch, out)`` and the state
+    :func:`product_backward` needs (private copies of the diagonals and of ``x``)."""
+    x_np = _np(x)
+    arrays = (_np(d1).copy(), _np(d2).copy(), _np(d3).copy())  # survive an optimizer step
+    norm = 1.0 / math.sqrt(n)
+    b1 = np.empty((n, x.shape[0]), dtype=x_np.dtype)
+    b2 = np.empty_like(b1)
+    y = torch.empty((x.shape[0], out_features), dtype=x.dtype)
+    _forward(x_np, *arrays, norm, y.numpy(), b1, b2)
+    return y, (x_np.copy(), *arrays, norm, b1, b2)
+
+
+def product_backward(state: tuple, gy: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """``(gx, gd1, gd2, gd3)`` of :func:`product_forward` from ``gy (batch, out)``."""
+    x_np, d1, d2, d3, norm, b1, b2 = state
+    gx = np.empty_like(x_np)
+    gd1, gd2, gd3 = np.empty_like(d1), np.empty_like(d2), np.empty_like(d3)
+    _backward(x_np, d1, d2, d3, norm, b1, b2, _np(gy), gx, gd1, gd2, gd3)
+    return tuple(torch.from_numpy(a) for a in (gx, gd1, gd2, gd3))
+
+
 class _HD3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, d1, d2, d3, n: int, out_features: int):
-        x_np = _np(x)
-        arrays = (_np(d1).copy(), _np(d2).copy(), _np(d3).copy())  # survive an optimizer step
-        norm = 1.0 / math.sqrt(n)
-        b1 = np.empty((n, x.shape[0]), dtype=x_np.dtype)
-        b2 = np.empty_like(b1)
-        y = torch.empty((x.shape[0], out_features), dtype=x.dtype)
-        _forward(x_np, *arrays, norm, y.numpy(), b1, b2)
+        y, ctx.state = product_forward(x, d1, d2, d3, n, out_features)
         ctx.save_for_backward(x, d1, d2, d3)
-        ctx.arrays = (x_np.copy(), *arrays, norm, b1, b2)
         ctx.sizes = (n, out_features)
         return y
 
@@ -171,11 +188,7 @@ class _HD3(torch.autograd.Function):
                 wanted = [t for t, k in zip(inputs, need) if k]
                 found = iter(torch.autograd.grad(out, wanted, gy, create_graph=True))
             return (*[next(found) if k else None for k in need], None, None)
-        x_np, d1, d2, d3, norm, b1, b2 = ctx.arrays
-        gx = np.empty_like(x_np)
-        gd1, gd2, gd3 = np.empty_like(d1), np.empty_like(d2), np.empty_like(d3)
-        _backward(x_np, d1, d2, d3, norm, b1, b2, _np(gy), gx, gd1, gd2, gd3)
-        grads = [torch.from_numpy(a) for a in (gx, gd1, gd2, gd3)]
+        grads = product_backward(ctx.state, gy)
         return (*[g if k else None for g, k in zip(grads, ctx.needs_input_grad[:4])], None, None)
 
 

@@ -60,13 +60,26 @@ def supports(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in SUPPORTED_DTYPES
 
 
+def dense_build(t: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """The fused build without autograd: ``W (out, in)`` from ``t`` (CPU float32/64, 1-D)."""
+    weight = torch.empty((out_features, in_features), dtype=t.dtype)
+    _build(np.ascontiguousarray(t.detach().numpy()), weight.numpy())
+    return weight
+
+
+def dense_build_backward(grad_weight: torch.Tensor) -> torch.Tensor:
+    """``grad_t`` of :func:`dense_build` from ``grad_weight (out, in)``: diagonal sums."""
+    out_features, in_features = grad_weight.shape
+    grad_t = torch.empty(in_features + out_features - 1, dtype=grad_weight.dtype)
+    _diagonal_sums(np.ascontiguousarray(grad_weight.detach().numpy()), grad_t.numpy())
+    return grad_t
+
+
 class _ToeplitzDense(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
-        weight = torch.empty((out_features, in_features), dtype=t.dtype)
-        _build(t.detach().numpy(), weight.numpy())
         ctx.sizes = (in_features, out_features)
-        return weight
+        return dense_build(t, in_features, out_features)
 
     @staticmethod
     def backward(ctx, grad_weight: torch.Tensor):
@@ -75,9 +88,7 @@ class _ToeplitzDense(torch.autograd.Function):
             index = toeplitz_index(in_features, out_features, grad_weight.device)
             grad_t = grad_weight.new_zeros(in_features + out_features - 1)
             return grad_t.index_add(0, index.reshape(-1), grad_weight.reshape(-1)), None, None
-        grad_t = torch.empty(in_features + out_features - 1, dtype=grad_weight.dtype)
-        _diagonal_sums(np.ascontiguousarray(grad_weight.numpy()), grad_t.numpy())
-        return grad_t, None, None
+        return dense_build_backward(grad_weight), None, None
 
 
 def toeplitz_dense(t: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:

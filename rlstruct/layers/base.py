@@ -19,7 +19,7 @@ reuses the built ``W`` until a parameter changes (rollouts then cost what ``nn.L
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -82,9 +82,14 @@ class StructuredLinear(nn.Module):
             self.register_parameter("bias", None)
         self._cached_weight: Optional[torch.Tensor] = None
         self._cache_key: Optional[tuple] = None
+        self._init_structure()
 
     # ----------------------------------------------------------------------------------------
     # what a family implements
+    def _init_structure(self) -> None:
+        """Create the structured tensors and initialize them; the last step of ``__init__``
+        (the default creates nothing: families with their own ``__init__`` do it there)."""
+
     def to_dense(self) -> torch.Tensor:
         """The weight matrix ``W`` of shape ``(out_features, in_features)``, differentiable."""
         raise NotImplementedError
@@ -99,6 +104,35 @@ class StructuredLinear(nn.Module):
 
     def reset_structure(self) -> None:
         """Initialize the structured parameters (the bias is handled by the base class)."""
+
+    #: attributes appended to :meth:`extra_repr` as ``name=value``.
+    _repr_fields: Tuple[str, ...] = ()
+
+    # Fused training path (optional): a family whose build has a kernel without autograd
+    # implements these three, and a training forward on the dense path is then one autograd
+    # node (build + matmul + bias) instead of a build node and a linear node.
+    def _fused_inputs(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The tensors the build is differentiated in, or ``None`` where the fused path does
+        not apply to ``x`` (dtype, device, missing kernels)."""
+        return None
+
+    def _fused_build(self, inputs: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, object]:
+        """``(W^T (in, out) or W (out, in), state)`` without autograd; which one: class
+        attribute ``_fused_transposed``."""
+        raise NotImplementedError
+
+    def _fused_build_backward(self, state: object, grad: torch.Tensor) -> Tuple:
+        """Gradients of ``inputs`` from the gradient of what :meth:`_fused_build` returned."""
+        raise NotImplementedError
+
+    def _fused_reference(self, inputs: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Differentiable ``W (out, in)`` from ``inputs`` (double backward, e.g. TRPO)."""
+        raise NotImplementedError
+
+    #: whether :meth:`_fused_build` returns ``W^T`` (``(in, out)``) rather than ``W``.
+    _fused_transposed: bool = False
+    #: class-wide switch of the fused training path (tests compare both paths).
+    fused_training: bool = True
 
     # ----------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -151,13 +185,12 @@ class StructuredLinear(nn.Module):
     def _weight_for_inference(self) -> torch.Tensor:
         # Without autograd the built matrix can be reused until a parameter is modified.
         # Parameter `_version` counters are bumped by every in-place update (optimizer steps,
-        # load_state_dict), so they detect staleness without hashing the data. Buffers are part
-        # of the structure too (random-mode layers keep it there).
-        key = tuple(
-            (t._version, t.data_ptr(), t.dtype, t.device)
-            for t in (*self._parameters.values(), *self._buffers.values())
-            if t is not None
-        )
+        # load_state_dict); `data_ptr` changes when a tensor is replaced or its `.data`
+        # reassigned (`.to(dtype)`, `vector_to_parameters`), which also covers dtype and
+        # device changes. Buffers are part of the structure too (random-mode layers keep it
+        # there). One flat list, no per-tensor tuple: this runs on every rollout step.
+        key = [(t._version, t.data_ptr())
+               for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
         if self._cached_weight is None or key != self._cache_key:
             self._cached_weight = self.to_dense().detach()
             self._cache_key = key
@@ -173,20 +206,26 @@ class StructuredLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: ``(..., in_features) -> (..., out_features)``."""
-        self.check_input(x)
-        # Only direct parameters: every family keeps its structure on the layer itself, and this
-        # runs on every rollout step, where a recursive parameters() walk is measurable.
-        training = torch.is_grad_enabled() and any(
-            p.requires_grad for p in self._parameters.values() if p is not None
-        )
-        width = self._width
-        if not training and width <= self.inference_dense_threshold:
-            # Rollouts: the cached W makes a forward cost what nn.Linear costs.
-            return F.linear(x, self._weight_for_inference(), self.bias)
+        if x.shape[-1] != self.in_features:
+            self.check_input(x)
+        if not torch.is_grad_enabled():
+            if self._width <= self.inference_dense_threshold:
+                # Rollouts and predict: the cached W makes a forward cost what nn.Linear costs.
+                return F.linear(x, self._weight_for_inference(), self.bias)
+            training = False
+        else:
+            # Only direct parameters: every family keeps its structure on the layer itself.
+            training = any(p.requires_grad for p in self._parameters.values() if p is not None)
+            if not training and self._width <= self.inference_dense_threshold:
+                return F.linear(x, self._weight_for_inference(), self.bias)
         if (
-            training and width <= self.dense_threshold
+            training and self._width <= self.dense_threshold
             and (self._threshold_given or not self.train_structured(x.numel() // self.in_features))
         ):
+            if self.fused_training and x.dim() == 2:
+                inputs = self._fused_inputs(x)
+                if inputs is not None:
+                    return _BuiltLinear.apply(self, x, self.bias, *inputs)
             return F.linear(x, self.to_dense(), self.bias)
         lead = x.shape[:-1]
         y = self.apply_structured(x.reshape(-1, self.in_features))
@@ -194,10 +233,11 @@ class StructuredLinear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, params={self.num_parameters()}"
         )
+        return text + "".join(f", {name}={getattr(self, name)}" for name in self._repr_fields)
 
     def __getstate__(self):
         # The inference cache is derived data: never pickle it.
@@ -205,3 +245,45 @@ class StructuredLinear(nn.Module):
         state["_cached_weight"] = None
         state["_cache_key"] = None
         return state
+
+
+class _BuiltLinear(torch.autograd.Function):
+    """``x W^T + b`` with ``W`` built by the family's kernel, as one autograd node.
+
+    Same values and gradients as ``F.linear(x, layer.to_dense(), bias)``: forward builds ``W``
+    (no autograd) and runs one ``addmm``; backward computes ``grad_x = g W``,
+    ``grad_b = sum g``, ``grad_W = g^T x`` and hands ``grad_W`` to the family's build
+    backward. Double backward (``create_graph``) differentiates ``layer._fused_reference``.
+    """
+
+    @staticmethod
+    def forward(ctx, layer: StructuredLinear, x: torch.Tensor, bias: Optional[torch.Tensor],
+                *inputs: torch.Tensor) -> torch.Tensor:
+        built, state = layer._fused_build(inputs)
+        wt = built if layer._fused_transposed else built.t()  # (in, out)
+        y = x.mm(wt) if bias is None else torch.addmm(bias, x, wt)
+        ctx.layer, ctx.state, ctx.wt = layer, state, wt
+        ctx.save_for_backward(x, bias, *inputs)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        layer = ctx.layer
+        x, bias, *inputs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: through the differentiable reference
+            leaves = (x, bias, *inputs)
+            wanted = [t for t, k in zip(leaves, need[1:]) if k]
+            with torch.enable_grad():
+                y = F.linear(x, layer._fused_reference(tuple(inputs)), bias)
+                found = iter(torch.autograd.grad(y, wanted, grad, create_graph=True))
+            return (None, *[next(found) if k else None for k in need[1:]])
+        grad_x = grad.mm(ctx.wt.t()) if need[1] else None
+        grad_b = grad.sum(0) if bias is not None and need[2] else None
+        if any(need[3:]):
+            grad_w = x.t().mm(grad) if layer._fused_transposed else grad.t().mm(x)
+            grads = layer._fused_build_backward(ctx.state, grad_w)
+            grads = [g if k else None for g, k in zip(grads, need[3:])]
+        else:
+            grads = [None] * len(inputs)
+        return (None, grad_x, grad_b, *grads)

@@ -34,8 +34,9 @@ from torch import nn
 from rlstruct.errors import RLStructError
 from rlstruct.layers.base import StructuredLinear
 from rlstruct.layers.registry import register
-from rlstruct.kernels import givens_product
+from rlstruct.kernels import dispatch, givens_product
 from rlstruct.kernels.dispatch import givens_dense
+from rlstruct.kernels.reference import dense_by_product, givens_reference
 
 LAYOUTS = ("butterfly", "random")
 MODES = ("learned", "random")
@@ -182,6 +183,25 @@ class KamaLinear(StructuredLinear):
 
     def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
         return self._rotate(x)
+
+    # fused training path: the build kernel and the matmul as one autograd node
+    def _fused_inputs(self, x: torch.Tensor):
+        kernels = dispatch.givens_cpu
+        angles, scale = self.angles, self.scale
+        if kernels is None or not kernels.supports(x, angles, scale):
+            return None
+        return angles, scale
+
+    def _fused_build(self, inputs):
+        return dispatch.givens_cpu.dense_build(self.pairs, *inputs, self.in_features,
+                                                self.out_features)
+
+    def _fused_build_backward(self, state, grad):
+        return dispatch.givens_cpu.dense_build_backward(state, grad)
+
+    def _fused_reference(self, inputs):
+        return dense_by_product(givens_reference, self.pairs, *inputs, self.in_features,
+                                self.out_features)
 
     def extra_repr(self) -> str:
         return (

@@ -29,10 +29,23 @@ from rlstruct.layers.hadamard import hadamard_transform
 from rlstruct.layers.convolution import toeplitz_product
 from rlstruct.layers.registry import register
 
-try:  # numba: one fused call per direction; without it the pure-torch transform below.
-    from rlstruct.kernels.hd3_cpu import hd3_product
-except ImportError:
-    hd3_product = None
+_UNSET = object()
+_hd3_module = _UNSET
+
+
+def _hd3_kernels():
+    """:mod:`rlstruct.kernels.hd3_cpu` (numba: one fused call per direction), or ``None``
+    without numba (the pure-torch transform below). Imported on first use: that module
+    imports :mod:`rlstruct.layers.hadamard`, so importing it here at load time would find it
+    half-initialized whenever it is the first of the two to be imported."""
+    global _hd3_module
+    if _hd3_module is _UNSET:
+        try:
+            from rlstruct.kernels import hd3_cpu as module
+        except ImportError:
+            module = None
+        _hd3_module = module
+    return _hd3_module
 
 
 class SpinnerLinear(ZooLinear):
@@ -82,10 +95,35 @@ class HD3Linear(SpinnerLinear):
         # that many rows the product (fwd+bwd) is cheaper (Paths table).
         return rows <= self.in_features
 
+    # fused training path (learned mode, no output scale): W^T is the product applied to the
+    # identity, built by the kernel, and the matmul joins it in one autograd node
+    _fused_transposed = True
+
+    def _fused_inputs(self, x: torch.Tensor):
+        kernels = _hd3_kernels()
+        if kernels is None or self.scale is not None:
+            return None
+        d1, d2, d3 = self.d1, self.d2, self.d3
+        if not kernels.supports(x, d1, d2, d3):
+            return None
+        return d1, d2, d3
+
+    def _fused_build(self, inputs):
+        eye = torch.eye(self.in_features, dtype=inputs[0].dtype)
+        return _hd3_kernels().product_forward(eye, *inputs, self.n, self.out_features)
+
+    def _fused_build_backward(self, state, grad):
+        return _hd3_kernels().product_backward(state, grad)[1:]
+
+    def _fused_reference(self, inputs):
+        eye = torch.eye(self.in_features, dtype=inputs[0].dtype, device=inputs[0].device)
+        return _hd3_kernels().hd3_reference(eye, *inputs, self.n, self.out_features).t()
+
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         dt = x.dtype
-        if hd3_product is not None:  # fused numba (CPU), else its pure-torch reference
-            return hd3_product(x, self.d1.to(dt), self.d2.to(dt), self.d3.to(dt), self.n,
+        kernels = _hd3_kernels()
+        if kernels is not None:  # fused numba (CPU), else its pure-torch reference
+            return kernels.hd3_product(x, self.d1.to(dt), self.d2.to(dt), self.d3.to(dt), self.n,
                                self.out_features)
         y = hadamard_transform(pad_columns(x * self.d1.to(dt), self.n))
         y = hadamard_transform(y * self.d2.to(dt))

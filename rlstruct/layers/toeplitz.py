@@ -11,9 +11,10 @@ from torch import nn
 from rlstruct.layers.base import StructuredLinear
 
 try:  # numba: fused build and backward; without it the gather below is the build.
+    from rlstruct.kernels import toeplitz_cpu
     from rlstruct.kernels.toeplitz_cpu import toeplitz_dense
 except ImportError:
-    toeplitz_dense = None
+    toeplitz_cpu = toeplitz_dense = None
 from rlstruct.layers.convolution import toeplitz_product
 from rlstruct.layers.registry import register
 
@@ -61,3 +62,20 @@ class ToeplitzLinear(StructuredLinear):
 
     def apply_structured(self, x: torch.Tensor) -> torch.Tensor:
         return toeplitz_product(x, self.diagonals, self.out_features)
+
+    # fused training path: the build kernel and the matmul as one autograd node
+    def _fused_inputs(self, x: torch.Tensor):
+        t = self.diagonals
+        if toeplitz_cpu is None or not toeplitz_cpu.supports(t) or x.dtype != t.dtype \
+                or x.device != t.device:
+            return None
+        return (t,)
+
+    def _fused_build(self, inputs):
+        return toeplitz_cpu.dense_build(inputs[0], self.in_features, self.out_features), None
+
+    def _fused_build_backward(self, state, grad):
+        return (toeplitz_cpu.dense_build_backward(grad),)
+
+    def _fused_reference(self, inputs):
+        return inputs[0][self.index]
