@@ -59,29 +59,40 @@ class ZooLinear(StructuredLinear):
         seed: seed of every random draw (``None``: one drawn from torch's global RNG, so
             ``torch.manual_seed`` still fixes it).
 
-    Subclasses call this ``__init__``, validate their own options, then :meth:`_setup`.
+    A family without options of its own needs no ``__init__``: it sets derived sizes in
+    :meth:`_configure`. One with options validates and stores them, then calls this
+    ``__init__`` (which configures, draws and initializes).
     """
 
     #: families whose learned ``W`` should also carry the output scale (e.g. ``orthogonal``).
     always_scaled: bool = False
+    _repr_fields = ("mode",)
 
     def __init__(
         self,
         in_features: int,
         out_features: int,
-        bias: bool,
-        mode: str,
-        seed: Optional[int],
-        dense_threshold: Optional[int],
+        bias: bool = True,
+        mode: str = "learned",
+        seed: Optional[int] = None,
+        dense_threshold: Optional[int] = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, dense_threshold)
         if mode not in MODES:
             raise RLStructError(f"{self.structure}: unknown mode {mode!r}; choose one of {MODES}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise RLStructError(f"{self.structure}: seed must be an integer or None, got {seed!r}")
-        self.mode = mode
-        self.seed = seed
+        self.mode, self.seed = mode, seed  # plain attributes: fine before Module.__init__
+        # The base constructor ends with _init_structure: configure, draw, initialize.
+        super().__init__(in_features, out_features, bias, dense_threshold)
+
+    def _init_structure(self) -> None:
+        seed = self.seed
         self._draw_seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
+        self._configure()
+        self._setup()
+
+    def _configure(self) -> None:
+        """Derived sizes and fixed tensors the draw needs (e.g. ``self.n``); default none."""
 
     def _setup(self) -> None:
         """Create the structured tensors (parameters or buffers) and initialize everything."""
@@ -147,8 +158,6 @@ class ZooLinear(StructuredLinear):
         y = self._transform(x)
         return y if self.scale is None else y * self.scale.to(y.dtype)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, mode={self.mode}"
 
 
 def identity_like(layer: StructuredLinear) -> torch.Tensor:

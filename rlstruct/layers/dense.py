@@ -21,15 +21,8 @@ class DenseLinear(StructuredLinear):
     to it exactly as to the default ``MlpPolicy``, so the dense baseline matches SB3's.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        dense_threshold: Optional[int] = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, dense_threshold)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+    def _init_structure(self) -> None:
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
         self.reset_parameters()
 
     def reset_structure(self) -> None:

@@ -81,12 +81,15 @@ class KaleidoscopeLinear(ZooLinear):
         seed: Optional[int] = None,
         dense_threshold: Optional[int] = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
         check_positive("kaleidoscope", "n_blocks", n_blocks)
         self.n_blocks = n_blocks
-        self.n = next_pow2(max(in_features, out_features, 2))
-        self.strides = kaleidoscope_strides(self.n, n_blocks)
-        self._setup()
+        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+
+    _repr_fields = (*ZooLinear._repr_fields, "n", "n_blocks")
+
+    def _configure(self) -> None:
+        self.n = next_pow2(max(self.in_features, self.out_features, 2))
+        self.strides = kaleidoscope_strides(self.n, self.n_blocks)
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         theta = torch.rand(len(self.strides), self.n // 2, generator=generator) * (2 * math.pi)
@@ -108,6 +111,3 @@ class KaleidoscopeLinear(ZooLinear):
         for stage, stride in enumerate(self.strides):
             y = butterfly_stage(y, planes[4 * stage : 4 * stage + 4], stride)
         return y[:, : self.out_features]
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n={self.n}, n_blocks={self.n_blocks}"

@@ -65,18 +65,10 @@ class FCirculantLinear(ZooLinear):
     default_dense_threshold = 128
     wrap: float = 1.0
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        mode: str = "learned",
-        seed: Optional[int] = None,
-        dense_threshold: Optional[int] = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
-        self.n = max(in_features, out_features)
-        self._setup()
+    _repr_fields = (*ZooLinear._repr_fields, "n")
+
+    def _configure(self) -> None:
+        self.n = max(self.in_features, self.out_features)
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         bound = uniform_bound(self.in_features)
@@ -93,9 +85,6 @@ class FCirculantLinear(ZooLinear):
         else:
             y = fold(linear_convolution(x, c, 2 * n), n, self.wrap)
         return y[:, : self.out_features]
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n={self.n}"
 
 
 @register("circulant")
@@ -123,17 +112,6 @@ class HankelLinear(ZooLinear):
 
     default_dense_threshold = 512
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        mode: str = "learned",
-        seed: Optional[int] = None,
-        dense_threshold: Optional[int] = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
-        self._setup()
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         length = self.in_features + self.out_features - 1
@@ -176,11 +154,14 @@ class ToeplitzLikeLinear(ZooLinear):
         seed: Optional[int] = None,
         dense_threshold: Optional[int] = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
         check_positive("ldr", "rank", rank)
         self.rank = rank
-        self.n = max(in_features, out_features)
-        self._setup()
+        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+
+    _repr_fields = (*ZooLinear._repr_fields, "n", "rank")
+
+    def _configure(self) -> None:
+        self.n = max(self.in_features, self.out_features)
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         r, n = self.rank, self.n
@@ -205,6 +186,3 @@ class ToeplitzLikeLinear(ZooLinear):
                     n, -1.0)  # (b, r, n): Z_{-1}(h_k) x
         mixed = (torch.fft.rfft(skew, n=size) * torch.fft.rfft(self.g.to(x.dtype), n=size)).sum(1)
         return fold(torch.fft.irfft(mixed, n=size), n, 1.0)[:, : self.out_features]
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n={self.n}, rank={self.rank}"

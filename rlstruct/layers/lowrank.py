@@ -39,10 +39,11 @@ class LowRankLinear(ZooLinear):
         seed: Optional[int] = None,
         dense_threshold: Optional[int] = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
         check_positive("lowrank", "rank", rank)
         self.rank = rank
-        self._setup()
+        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+
+    _repr_fields = (*ZooLinear._repr_fields, "rank")
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         r = self.rank
@@ -63,6 +64,3 @@ class LowRankLinear(ZooLinear):
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.v.to(x.dtype)) @ self.u.to(x.dtype).t()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}"

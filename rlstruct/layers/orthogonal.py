@@ -39,18 +39,13 @@ class OrthogonalLinear(ZooLinear):
     default_dense_threshold = 256
     always_scaled = True
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        mode: str = "learned",
-        seed: Optional[int] = None,
-        dense_threshold: Optional[int] = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
-        self.n = max(in_features, out_features)
-        self._setup()
+    _repr_fields = (*ZooLinear._repr_fields, "n")
+
+    def _configure(self) -> None:
+        self.n = max(self.in_features, self.out_features)
+
+    def _setup(self) -> None:
+        super()._setup()
         if isinstance(self.weight_orth, torch.nn.Parameter):
             mark_orthogonal(self.weight_orth)
 
@@ -71,6 +66,3 @@ class OrthogonalLinear(ZooLinear):
 
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self._dense().to(x.dtype).t()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n={self.n}"

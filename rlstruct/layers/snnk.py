@@ -52,14 +52,17 @@ class SNNKLinear(ZooLinear):
         seed: Optional[int] = None,
         dense_threshold: Optional[int] = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
         check_positive("snnk", "n_features", n_features)
         self.n_features = n_features
+        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+
+    _repr_fields = (*ZooLinear._repr_fields, "n_features")
+
+    def _configure(self) -> None:
         generator = torch.Generator().manual_seed(self._draw_seed + 1)
         # Orthogonal random features (Haar blocks, Gaussian row norms): E[G^T G] = m I.
-        features = orthogonal_gaussian_rows(n_features, in_features, generator)[0].float()
-        self.register_buffer("features", features)
-        self._setup()
+        features = orthogonal_gaussian_rows(self.n_features, self.in_features, generator)[0]
+        self.register_buffer("features", features.float())
 
     def _draw(self, generator: torch.Generator) -> Dict[str, torch.Tensor]:
         bound = uniform_bound(self.in_features)
@@ -72,6 +75,3 @@ class SNNKLinear(ZooLinear):
     def _transform(self, x: torch.Tensor) -> torch.Tensor:
         phi = x @ (self.features.to(x.dtype).t() / math.sqrt(self.n_features))
         return phi @ self.psi.to(x.dtype).t()
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n_features={self.n_features}"

@@ -53,24 +53,13 @@ class SpinnerLinear(ZooLinear):
 
     default_dense_threshold = 64
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        mode: str = "learned",
-        seed: Optional[int] = None,
-        dense_threshold: Optional[int] = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, mode, seed, dense_threshold)
+    _repr_fields = (*ZooLinear._repr_fields, "n")
+
+    def _configure(self) -> None:
         self.n = self._working_size()
-        self._setup()
 
     def _working_size(self) -> int:
         return next_pow2(max(self.in_features, self.out_features))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n={self.n}"
 
 
 @register("hd3")

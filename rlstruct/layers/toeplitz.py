@@ -33,14 +33,8 @@ class ToeplitzLinear(StructuredLinear):
 
     default_dense_threshold = 256
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        dense_threshold: Optional[int] = None,
-    ) -> None:
-        super().__init__(in_features, out_features, bias, dense_threshold)
+    def _init_structure(self) -> None:
+        in_features, out_features = self.in_features, self.out_features
         self.diagonals = nn.Parameter(torch.empty(in_features + out_features - 1))
         rows = torch.arange(out_features).unsqueeze(1)
         cols = torch.arange(in_features).unsqueeze(0)
