@@ -12,7 +12,8 @@ import os
 import sys
 
 from rlstruct.cli import report_errors
-from rlstruct.evaluation import evaluate_saved
+from rlstruct.errors import RLStructError
+from rlstruct.evaluation import evaluate_saved, rescore_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -23,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
     parser.add_argument("--video", metavar="FILE", help="record the first episode to FILE (.gif or .mp4)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument("--rescore", action="store_true",
+                        help="make this (deterministic) evaluation the run folder's final evaluation in "
+                             "metrics.json, keeping the old one under final_eval_history")
     return parser.parse_args(argv)
 
 
@@ -32,6 +36,14 @@ def main(argv=None) -> int:
         # MuJoCo's default GL backend needs a display; EGL renders headless. Must be set before
         # mujoco is imported.
         os.environ.setdefault("MUJOCO_GL", "egl")
+    if args.rescore:
+        with report_errors():
+            if args.stochastic or args.video:
+                raise RLStructError("--rescore records a deterministic evaluation; drop --stochastic/--video")
+            final = rescore_run(args.path, args.episodes, args.seed, " ".join(["python evaluate.py", *(argv or sys.argv[1:])]))
+        print(f"{args.path}: final evaluation now {final['mean']:.1f} +- {final['std']:.1f} "
+              f"(std over {final['episodes']} episodes from seed {final['eval_seed']})")
+        return 0
     with report_errors():
         result = evaluate_saved(
             args.path,

@@ -150,6 +150,33 @@ def evaluate_saved(
     )
 
 
+def rescore_run(path: str, episodes: int, seed: int, command: Optional[str] = None) -> Dict[str, Any]:
+    """Replace a finished run's final evaluation by ``episodes`` deterministic episodes from ``seed``.
+
+    For putting runs scored under different protocols on one episode set (a run's own final
+    evaluation plays the episodes of its ``eval.seed``: the same as
+    ``evaluate.py RUN --episodes N --seed eval.seed``). The replaced evaluation is kept in
+    ``metrics.json`` under ``final_eval_history``.
+    """
+    from rlstruct.run import RunFolder
+
+    folder = RunFolder(path)
+    metrics = folder.read_metrics()
+    if not metrics or metrics.get("status") != "finished":
+        raise RLStructError(f"{path} holds no finished run to rescore; let it finish (resume=true) first")
+    result = evaluate_saved(path, episodes=episodes, seed=seed, deterministic=True)
+    rewards = result["rewards"]
+    history = list(metrics.get("final_eval_history") or [])
+    history.append(metrics.get("final_eval"))
+    metrics["final_eval_history"] = history
+    metrics["final_eval"] = dict(
+        mean=float(np.mean(rewards)), std=float(np.std(rewards)), std_kind="population (ddof=0) over episodes",
+        episodes=len(rewards), deterministic=True, eval_seed=int(seed), rewards=rewards, rescored_by=command,
+    )
+    folder.write_metrics(metrics)
+    return metrics["final_eval"]
+
+
 def _load_saved(folder: Path, seed: int, render_mode: Optional[str] = None) -> Tuple[Any, Any, str, str]:
     """``(model or policy, eval env, env id, structure)`` of a compact policy or a run folder."""
     from rlstruct import compact

@@ -210,3 +210,14 @@ def test_metrics_record_the_evaluation_protocol(tmp_path):
     rows = RunFolder(tmp_path / "run").evaluations()
     assert len(rows[0]["rewards"].split()) == 2
     json.dumps(metrics)  # plain JSON
+
+
+def test_rescore_replays_the_runs_own_final_episodes_and_keeps_the_old_evaluation(tmp_path):
+    metrics = train(config(tmp_path, **{"eval.seed": 77}), tmp_path / "run")
+    proc = run_cli("evaluate.py", str(tmp_path / "run"), "--episodes", "2", "--seed", "77", "--rescore")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # the same seed replays the run's own final evaluation exactly
+    assert saved["final_eval"]["rewards"] == metrics["final_eval"]["rewards"]
+    assert saved["final_eval_history"] == [metrics["final_eval"]]
+    assert saved["final_eval"]["rescored_by"].startswith("python evaluate.py")
