@@ -100,3 +100,80 @@ def test_bad_activation_and_net_arch():
         PPO("StructuredMlpPolicy", hopper(), policy_kwargs=dict(activation_fn="swishy"))
     with pytest.raises(RLStructError, match="net_arch has unknown keys"):
         PPO("StructuredMlpPolicy", hopper(), policy_kwargs=dict(net_arch=dict(pi=[8], qf=[8])))
+
+
+def test_default_adam_is_fused_and_explicit_choices_win():
+    default = PPO("StructuredMlpPolicy", hopper(), policy_kwargs=dict(structure="kama"),
+                  device="cpu").policy
+    group = default.optimizer.param_groups[0]
+    assert isinstance(default.optimizer, torch.optim.Adam)
+    assert group["fused"] is True and group["eps"] == 1e-5
+    assert default.optimizer_kwargs == dict(eps=1e-5, fused=True)  # stored in the zip
+    mine = PPO("StructuredMlpPolicy", hopper(), device="cpu",
+               policy_kwargs=dict(structure="kama", optimizer_kwargs=dict(eps=1e-5))).policy
+    assert not mine.optimizer.param_groups[0]["fused"]
+    empty = PPO("StructuredMlpPolicy", hopper(), device="cpu",
+                policy_kwargs=dict(optimizer_kwargs={})).policy
+    assert not empty.optimizer.param_groups[0]["fused"]
+    sgd = PPO("StructuredMlpPolicy", hopper(), device="cpu",
+              policy_kwargs=dict(optimizer_class=torch.optim.SGD)).policy
+    assert isinstance(sgd.optimizer, torch.optim.SGD)
+    # plain Adam without kwargs: SB3's default eps, fused
+    adam = StructuredActorCriticPolicy.default_optimizer_kwargs(
+        dict(optimizer_class=torch.optim.Adam))
+    assert adam["optimizer_kwargs"] == dict(eps=1e-5, fused=True)
+
+
+@pytest.mark.parametrize("structure", ["kama", "hd3", "dense"])
+def test_fused_adam_matches_for_loop_adam(structure):
+    """The default (fused) Adam takes the for-loop Adam's steps to float32 rounding."""
+    policies = []
+    for kwargs in (None, dict(eps=1e-5, foreach=False)):
+        torch.manual_seed(0)
+        extra = {} if kwargs is None else dict(optimizer_kwargs=kwargs)
+        policies.append(PPO("StructuredMlpPolicy", hopper(), seed=0, device="cpu",
+                            policy_kwargs=dict(structure=structure, **extra)).policy)
+    fused, loop = policies
+    assert fused.optimizer.param_groups[0]["fused"] and not loop.optimizer.param_groups[0]["fused"]
+    for a, b in zip(fused.parameters(), loop.parameters()):
+        assert torch.equal(a, b)
+    generator = torch.Generator().manual_seed(1)
+    start = [p.detach().clone() for p in loop.parameters()]
+    for _ in range(50):
+        grads = [torch.randn(p.shape, generator=generator) for p in loop.parameters()]
+        for policy in policies:
+            for p, g in zip(policy.parameters(), grads):
+                p.grad = g.clone()
+            policy.optimizer.step()
+    for a, b, s in zip(fused.parameters(), loop.parameters(), start):
+        assert not torch.equal(b, s)  # the parameters moved
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_survives_save_load(tmp_path):
+    model = PPO("StructuredMlpPolicy", hopper(), policy_kwargs=dict(structure="kama"),
+                n_steps=64, batch_size=32, n_epochs=1, device="cpu", seed=0)
+    model.learn(64)
+    model.save(tmp_path / "m.zip")
+    loaded = PPO.load(tmp_path / "m.zip", env=hopper(), device="cpu")
+    assert loaded.policy.optimizer.param_groups[0]["fused"] is True
+    loaded.learn(64)
+
+
+def test_fused_step_invalidates_the_inference_cache():
+    """Fused Adam does not bump version counters by itself; the policy's hook does, so a
+    rollout after a step never uses a W cached before it."""
+    policy = PPO("StructuredMlpPolicy", hopper(), policy_kwargs=dict(structure="kama"),
+                 device="cpu", seed=0).policy
+    obs = torch.randn(4, 11)
+    layer = policy.mlp_extractor.policy_net[0]
+    with torch.no_grad():
+        policy.get_distribution(obs)
+    cached = layer._cached_weight
+    for p in policy.parameters():
+        p.grad = torch.ones_like(p)
+    policy.optimizer.step()
+    with torch.no_grad():
+        policy.get_distribution(obs)
+        assert layer._cached_weight is not cached
+        torch.testing.assert_close(layer._cached_weight, layer.to_dense())
