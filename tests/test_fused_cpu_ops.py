@@ -211,3 +211,53 @@ def test_inference_cache_follows_data_reassignment():
         expected = torch.nn.functional.linear(x, layer.to_dense(), layer.bias)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected)
+
+
+def test_kama_layout_checked_once_and_again_after_an_edit(monkeypatch):
+    import copy
+    import pickle
+
+    from rlstruct.errors import RLStructError
+    from rlstruct.kernels import givens_cpu
+
+    calls = []
+    original = givens_cpu.checked_dense_pairs
+    monkeypatch.setattr(givens_cpu, "checked_dense_pairs",
+                        lambda *a: calls.append(1) or original(*a))
+    layer = make_layer("kama", 11, 64)
+    x = torch.randn(8, 11)
+    for _ in range(3):
+        y = layer(x)
+        y.sum().backward()
+    assert len(calls) == 1  # to_dense (unfused autograd node) still checks on every call
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, layer.to_dense(), layer.bias))
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone._pairs_cache is None
+        torch.testing.assert_close(clone(x), layer(x))
+    with torch.no_grad():
+        layer.pairs[0, 0] = 64  # out of range: the in-place edit bumps the version
+    with pytest.raises(RLStructError, match="outside"):
+        layer(x)
+    with torch.no_grad():
+        layer.pairs.copy_(make_layer("kama", 11, 64).pairs)
+    y = layer(x)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, layer.to_dense(), layer.bias))
+
+
+def test_hd3_shared_identity_stays_an_identity():
+    from rlstruct.layers.spinners import _numpy_eye
+
+    for dtype in (torch.float32, torch.float64):
+        layer = _fused_layer("hd3", (11, 64), dtype)
+        x = torch.randn(16, 11, dtype=dtype)
+        for _ in range(2):
+            y = layer(x)
+            y.square().sum().backward()
+            with torch.no_grad():
+                for p in layer.parameters():
+                    p.add_(0.01 * p.grad)
+                    p.grad = None
+        y = layer(x)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, layer.to_dense(), layer.bias))
+        np_eye = _numpy_eye(11, dtype)
+        assert (np_eye == torch.eye(11, dtype=dtype).numpy()).all()

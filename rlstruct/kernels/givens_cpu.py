@@ -247,9 +247,12 @@ def _checked_pairs(pairs: torch.Tensor, angles: torch.Tensor, width: int) -> np.
 def supports(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels handle these tensors (CPU, float32/float64, one dtype)."""
     dtype = tensors[0].dtype
-    return dtype in SUPPORTED_DTYPES and all(
-        t.device.type == "cpu" and t.dtype == dtype for t in tensors
-    )
+    if dtype not in SUPPORTED_DTYPES:
+        return False
+    for t in tensors:  # a loop of attribute reads: this runs on every training forward
+        if not t.is_cpu or t.dtype != dtype:
+            return False
+    return True
 
 
 class _GivensProduct(torch.autograd.Function):
@@ -295,6 +298,16 @@ def dense_build(
     """The fused build without autograd: ``W (out, in)`` and the state
     :func:`dense_build_backward` needs (NumPy arrays, private copies: an optimizer step
     before the backward does not change them)."""
+    return dense_build_checked(checked_dense_pairs(pairs, angles, scale, in_features,
+                                                   out_features),
+                               angles, scale, in_features, out_features)
+
+
+def checked_dense_pairs(pairs: torch.Tensor, angles: torch.Tensor, scale: torch.Tensor,
+                        in_features: int, out_features: int) -> np.ndarray:
+    """``pairs`` as NumPy (a view) after every check :func:`dense_build_checked` relies on.
+    Callers may keep it while ``pairs`` and the shapes of ``angles``/``scale`` are unchanged
+    (KAMA layers key it on the buffer's version and data pointer)."""
     n = scale.shape[0]
     pairs_np = _checked_pairs(pairs, angles, n)
     if scale.shape != (n,) or not (1 <= in_features <= n and 1 <= out_features <= n):
@@ -302,13 +315,21 @@ def dense_build(
             f"givens: scale {tuple(scale.shape)}, in {in_features}, out {out_features} "
             f"do not fit width {n}; pass scale (n,) and 1 <= in, out <= n"
         )
+    return pairs_np
+
+
+def dense_build_checked(
+    pairs_np: np.ndarray, angles: torch.Tensor, scale: torch.Tensor,
+    in_features: int, out_features: int,
+) -> Tuple[torch.Tensor, tuple]:
+    """:func:`dense_build` with ``pairs_np`` from :func:`checked_dense_pairs` (no checks)."""
     angles_np = _np(angles)
     cos, sin = np.cos(angles_np), np.sin(angles_np)
-    scale_np = _np(scale).copy()
+    scale_np = scale.detach().numpy().copy()  # copy: C-contiguous and private
     rotated = np.empty((pairs_np.shape[1], in_features), dtype=cos.dtype)
-    weight = torch.empty((out_features, in_features), dtype=scale.dtype)
-    _dense_forward(pairs_np, cos, sin, scale_np, rotated, weight.numpy())
-    return weight, (pairs_np, cos, sin, scale_np, rotated)
+    weight = np.empty((out_features, in_features), dtype=cos.dtype)
+    _dense_forward(pairs_np, cos, sin, scale_np, rotated, weight)
+    return torch.from_numpy(weight), (pairs_np, cos, sin, scale_np, rotated)
 
 
 def dense_build_backward(state: tuple, grad_weight: torch.Tensor

@@ -139,8 +139,13 @@ def _backward(x, d1, d2, d3, norm, b1, b2, gy, gx, gd1, gd2, gd3) -> None:
 
 def supports(x: torch.Tensor, *diagonals: torch.Tensor) -> bool:
     """CPU, float32/float64, one dtype, 2-D input: the kernels' domain."""
-    return (x.dim() == 2 and x.dtype in SUPPORTED_DTYPES and x.device.type == "cpu"
-            and all(d.device.type == "cpu" and d.dtype == x.dtype for d in diagonals))
+    dtype = x.dtype
+    if x.dim() != 2 or dtype not in SUPPORTED_DTYPES or not x.is_cpu:
+        return False
+    for d in diagonals:  # attribute reads only: this runs on every training forward
+        if not d.is_cpu or d.dtype != dtype:
+            return False
+    return True
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -151,14 +156,23 @@ def product_forward(x: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: tor
                     n: int, out_features: int) -> Tuple[torch.Tensor, tuple]:
     """The fused product without autograd: ``y (batch, out)`` and the state
     :func:`product_backward` needs (private copies of the diagonals and of ``x``)."""
-    x_np = _np(x)
-    arrays = (_np(d1).copy(), _np(d2).copy(), _np(d3).copy())  # survive an optimizer step
+    return product_forward_np(_np(x), d1, d2, d3, n, out_features, private=False)
+
+
+def product_forward_np(x_np: np.ndarray, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor,
+                       n: int, out_features: int, private: bool
+                       ) -> Tuple[torch.Tensor, tuple]:
+    """:func:`product_forward` on a C-contiguous NumPy ``x``; ``private``: the caller never
+    modifies ``x_np`` (e.g. a cached identity), so the state keeps it without a copy."""
+    # .copy(): C-contiguous private copies that survive an optimizer step
+    arrays = (d1.detach().numpy().copy(), d2.detach().numpy().copy(),
+              d3.detach().numpy().copy())
     norm = 1.0 / math.sqrt(n)
-    b1 = np.empty((n, x.shape[0]), dtype=x_np.dtype)
+    b1 = np.empty((n, x_np.shape[0]), dtype=x_np.dtype)
     b2 = np.empty_like(b1)
-    y = torch.empty((x.shape[0], out_features), dtype=x.dtype)
-    _forward(x_np, *arrays, norm, y.numpy(), b1, b2)
-    return y, (x_np.copy(), *arrays, norm, b1, b2)
+    y = np.empty((x_np.shape[0], out_features), dtype=x_np.dtype)
+    _forward(x_np, *arrays, norm, y, b1, b2)
+    return torch.from_numpy(y), (x_np if private else x_np.copy(), *arrays, norm, b1, b2)
 
 
 def product_backward(state: tuple, gy: torch.Tensor) -> Tuple[torch.Tensor, ...]:

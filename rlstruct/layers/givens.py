@@ -192,9 +192,30 @@ class KamaLinear(StructuredLinear):
             return None
         return angles, scale
 
+    #: ``(key, pairs as NumPy)`` of the last checked layout (see :meth:`_checked_pairs`).
+    _pairs_cache: Optional[tuple] = None
+
+    def _checked_pairs(self, kernels, angles: torch.Tensor, scale: torch.Tensor):
+        # The layout checks (shapes, indices in range: the kernels do not bounds-check) cost
+        # as much as the 64x64 build itself; the layout only changes when the buffer does.
+        pairs = self.pairs
+        key = (pairs._version, pairs.data_ptr(), pairs.shape, angles.shape, scale.shape)
+        cache = self._pairs_cache
+        if cache is None or cache[0] != key:
+            cache = self._pairs_cache = (key, kernels.checked_dense_pairs(
+                pairs, angles, scale, self.in_features, self.out_features))
+        return cache[1]
+
     def _fused_build(self, inputs):
-        return dispatch.givens_cpu.dense_build(self.pairs, *inputs, self.in_features,
-                                                self.out_features)
+        kernels = dispatch.givens_cpu
+        angles, scale = inputs
+        return kernels.dense_build_checked(self._checked_pairs(kernels, angles, scale),
+                                           angles, scale, self.in_features, self.out_features)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_pairs_cache"] = None  # a NumPy view of the buffer: derived data
+        return state
 
     def _fused_build_backward(self, state, grad):
         return dispatch.givens_cpu.dense_build_backward(state, grad)

@@ -19,6 +19,7 @@ small matmuls, ``O(N sqrt N)``-ish). Diagonals acting on the padded input only n
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Optional
 
@@ -46,6 +47,13 @@ def _hd3_kernels():
             module = None
         _hd3_module = module
     return _hd3_module
+
+
+@functools.lru_cache(maxsize=32)
+def _numpy_eye(n: int, dtype: torch.dtype):
+    """An ``(n, n)`` NumPy identity in ``dtype``'s NumPy type, shared: never written (kept
+    writeable so that the kernels keep their compiled signatures)."""
+    return torch.eye(n, dtype=dtype).numpy()
 
 
 class SpinnerLinear(ZooLinear):
@@ -98,8 +106,10 @@ class HD3Linear(SpinnerLinear):
         return d1, d2, d3
 
     def _fused_build(self, inputs):
-        eye = torch.eye(self.in_features, dtype=inputs[0].dtype)
-        return _hd3_kernels().product_forward(eye, *inputs, self.n, self.out_features)
+        # W^T is the product of the identity: one read-only NumPy identity per (size, dtype).
+        eye = _numpy_eye(self.in_features, inputs[0].dtype)
+        return _hd3_kernels().product_forward_np(eye, *inputs, self.n, self.out_features,
+                                                 private=True)
 
     def _fused_build_backward(self, state, grad):
         return _hd3_kernels().product_backward(state, grad)[1:]
