@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 from rlstruct.config import RunConfig
 from rlstruct.errors import RLStructError
@@ -13,8 +13,16 @@ from rlstruct.errors import RLStructError
 
 @dataclass
 class TrainConfig(RunConfig):
-    """The run settings plus where ``train.py`` puts the run folder (``out_dir``/``run_name``)."""
+    """The run settings plus where ``train.py`` puts the run folder (``out_dir``/``run_name``).
 
+    The counts users type most are left untyped here so that a bad value (``seed=abc``) reaches
+    :meth:`RunConfig.validate` and its one-line error instead of Hydra's multi-line one.
+    """
+
+    seed: Any = RunConfig.seed
+    total_timesteps: Any = RunConfig.total_timesteps
+    n_envs: Any = RunConfig.n_envs
+    torch_threads: Any = RunConfig.torch_threads
     out_dir: str = "runs"
     run_name: str = (
         "${env.name}-${algo.name}-${policy.name}-h${join:${policy.hidden}}${tag:${optimizer}}"

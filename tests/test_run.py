@@ -157,10 +157,15 @@ def test_an_out_dir_that_cannot_be_created(tmp_path):
     assert "cannot create the run folder" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_seed_abc_is_a_short_error(tmp_path):
-    proc = run_cli("train.py", "env=cartpole", f"out_dir={tmp_path}", "seed=abc")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "Value 'abc' of type 'str' could not be converted to Integer" in proc.stderr
+@pytest.mark.parametrize("override,needle", [
+    ("seed=abc", "seed must be an integer >= 0, got 'abc'; fix seed"),
+    ("total_timesteps=lots", "total_timesteps must be a positive integer, got 'lots'"),
+])
+def test_a_bad_count_is_a_one_line_error(tmp_path, override, needle):
+    proc = run_cli("train.py", "env=cartpole", f"out_dir={tmp_path}", override)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"error: {proc.stderr.strip()[7:]}"]
+    assert needle in proc.stderr
 
 
 def test_an_unwritable_checkpoint_folder_is_a_one_line_error(tmp_path):
