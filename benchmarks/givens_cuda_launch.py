@@ -27,16 +27,7 @@ from rlstruct.kernels.givens_cuda_launch import CapturedForward  # noqa: E402
 from rlstruct.layers import make_layer  # noqa: E402
 from rlstruct.layers.givens import butterfly_pairs  # noqa: E402
 
-
-def wall_us(fn, repeats: int = 300) -> float:
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats * 1e6
+from givens_launch_overhead import wall_us  # noqa: E402  (this folder is on sys.path for its scripts)
 
 
 def main() -> None:
