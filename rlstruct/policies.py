@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
@@ -222,6 +223,24 @@ class StructuredActorCriticPolicy(ActorCriticPolicy):
             module.init_like_orthogonal(gain)
         else:
             ActorCriticPolicy.init_weights(module, gain)
+
+    def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        """SB3's ``_predict``, with the deterministic action computed without a distribution object.
+
+        Shape: ``(batch, obs_dim) -> (batch, act_dim)`` (Box: the Gaussian's mean; Discrete: the
+        argmax of the logits), exactly what ``get_distribution(obs).get_actions(True)`` returns.
+        Building the distribution costs more than the whole actor at RL widths; stochastic
+        actions, gSDE and other distributions take SB3's path.
+        """
+        if not deterministic or self.use_sde or not isinstance(
+            self.action_dist, (DiagGaussianDistribution, CategoricalDistribution)
+        ):
+            return super()._predict(observation, deterministic)
+        features = super().extract_features(observation, self.pi_features_extractor)
+        mean_actions = self.action_net(self.mlp_extractor.forward_actor(features))
+        if isinstance(self.action_dist, CategoricalDistribution):
+            return torch.argmax(mean_actions, dim=1)
+        return mean_actions
 
     def _get_constructor_parameters(self) -> Dict[str, Any]:
         data = super()._get_constructor_parameters()

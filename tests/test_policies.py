@@ -177,3 +177,24 @@ def test_fused_step_invalidates_the_inference_cache():
         policy.get_distribution(obs)
         assert layer._cached_weight is not cached
         torch.testing.assert_close(layer._cached_weight, layer.to_dense())
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_deterministic_predict_equals_sb3s_distribution_path(env_id):
+    """The fast deterministic ``_predict`` returns exactly what SB3's distribution would."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO
+
+    from rlstruct.policies import StructuredActorCriticPolicy
+
+    model = PPO("StructuredMlpPolicy", gym.make(env_id), policy_kwargs=dict(structure="kama"), seed=0)
+    policy: StructuredActorCriticPolicy = model.policy
+    obs = torch.as_tensor(np.stack([model.observation_space.sample() for _ in range(16)]), dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(policy._predict(obs, deterministic=True), policy.get_distribution(obs).get_actions(True))
+        torch.manual_seed(0)
+        sampled = policy._predict(obs, deterministic=False)
+        torch.manual_seed(0)
+        assert torch.equal(sampled, policy.get_distribution(obs).get_actions(False))
