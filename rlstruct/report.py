@@ -59,6 +59,8 @@ DEFAULT_RECIPE = "sb3"
 RECIPE_ALIASES = {"default": DEFAULT_RECIPE}
 #: config.algo keys that say where a run executed, not how it trained (never split groups).
 EXECUTION_KEYS = ("n_workers", "backend", "ray_address", "start_method", "device")
+#: policy keys already in a group's key (structure and width labels) or that only name the config.
+POLICY_IDENTITY_KEYS = ("name", "structure", "hidden", "critic_hidden")
 
 
 def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
@@ -133,11 +135,12 @@ class Run:
     @property
     def settings(self) -> Dict[str, Any]:
         """How the run trained beyond its structure: the algorithm's settings (less where it
-        executed), the optimizer's kwargs, the layers' kwargs and the activation, flattened."""
+        executed), the optimizer's kwargs and the policy's settings (layer kwargs, activation,
+        initial log std, ...; unset ones left out), flattened."""
         algo = {k: v for k, v in (self.config.get("algo") or {}).items() if k not in EXECUTION_KEYS}
-        policy = self.config.get("policy") or {}
-        return _flatten(dict(algo=algo, optimizer_kwargs=self.config.get("optimizer_kwargs") or {},
-                             layer_kwargs=policy.get("layer_kwargs") or {}, activation=policy.get("activation")))
+        policy = {k: v for k, v in (self.config.get("policy") or {}).items()
+                  if k not in POLICY_IDENTITY_KEYS and v not in (None, {}, [])}
+        return _flatten(dict(algo=algo, optimizer_kwargs=self.config.get("optimizer_kwargs") or {}, **policy))
 
     @property
     def family(self) -> FamilyKey:
