@@ -311,7 +311,14 @@ class Recorder:
         """
         folder = self.folder
         point = folder.final() or folder.latest_checkpoint()
-        if point is None and ((folder.path / MODEL_FILE).exists() or (folder.path / METRICS_FILE).exists()):
+        metrics = folder.read_metrics()
+        if point is None and not (folder.path / MODEL_FILE).exists() and (metrics or {}).get("status") == "running":
+            # killed before its first checkpoint: nothing was saved, so starting over loses nothing
+            print(f"[rlstruct] {folder.path} was stopped before its first checkpoint; starting it over", flush=True)
+            folder.write_config(self.config.to_dict())
+            self.start_point = None
+            return None
+        if point is None and ((folder.path / MODEL_FILE).exists() or metrics is not None):
             raise RLStructError(
                 f"{folder.path} holds a run with neither finished metrics nor a checkpoint; delete the "
                 "folder to start over, or choose another seed or out_dir"

@@ -226,3 +226,15 @@ def test_rescore_replays_the_runs_own_final_episodes_and_keeps_the_old_evaluatio
     assert saved["final_eval"]["rewards"] == metrics["final_eval"]["rewards"]
     assert saved["final_eval_history"] == [metrics["final_eval"]]
     assert saved["final_eval"]["rescored_by"].startswith("python evaluate.py")
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
+    def die(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # killed at its first checkpoint, before writing it
+        patch.setattr(RunFolder, "write_checkpoint", die)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(tmp_path), tmp_path / "run")
+    assert RunFolder(tmp_path / "run").read_metrics()["status"] == "running"
+    assert train(config(tmp_path, resume=True), tmp_path / "run")["status"] == "finished"
