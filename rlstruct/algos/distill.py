@@ -29,8 +29,6 @@ from-scratch run of the same budget. ``total_timesteps`` in the saved config is 
 from __future__ import annotations
 
 import copy
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
