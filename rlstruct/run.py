@@ -313,11 +313,11 @@ class Recorder:
         point = folder.final() or folder.latest_checkpoint()
         metrics = folder.read_metrics()
         if point is None and not (folder.path / MODEL_FILE).exists() and (metrics or {}).get("status") == "running":
-            # killed before its first checkpoint: nothing was saved, so starting over loses nothing
+            # killed before its first checkpoint: nothing was saved, so starting over loses nothing;
+            # its evaluation rows go too (the new start writes them again)
             print(f"[rlstruct] {folder.path} was stopped before its first checkpoint; starting it over", flush=True)
-            folder.write_config(self.config.to_dict())
-            self.start_point = None
-            return None
+            folder.truncate_evaluations(after_step=-1)
+            metrics = None
         if point is None and ((folder.path / MODEL_FILE).exists() or metrics is not None):
             raise RLStructError(
                 f"{folder.path} holds a run with neither finished metrics nor a checkpoint; delete the "

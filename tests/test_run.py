@@ -236,5 +236,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypa
         patch.setattr(RunFolder, "write_checkpoint", die)
         with pytest.raises(KeyboardInterrupt):
             train(config(tmp_path), tmp_path / "run")
-    assert RunFolder(tmp_path / "run").read_metrics()["status"] == "running"
+    folder = RunFolder(tmp_path / "run")
+    assert folder.read_metrics()["status"] == "running" and folder.evaluations()  # one row written
     assert train(config(tmp_path, resume=True), tmp_path / "run")["status"] == "finished"
+    steps = [int(r["step"]) for r in folder.evaluations()]
+    assert steps == sorted(set(steps))  # the killed attempt's rows are not kept beside the new ones
