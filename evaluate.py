@@ -2,7 +2,8 @@
 
 Accepts a run folder written by ``train.py`` or a compact policy folder from ``policies/``; needs
 nothing but the saved files. Prints mean +- std reward and the parameter counts; ``--video``
-records the first episode to a file (.gif, or .mp4 with imageio-ffmpeg installed).
+records the first episode to a file (.gif, or .mp4 with imageio-ffmpeg installed); ``--trace``
+prints each episode's reward, distance and root pitch on the planar MuJoCo tasks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from rlstruct.cli import report_errors
 from rlstruct.errors import RLStructError
-from rlstruct.evaluation import evaluate_saved, rescore_run
+from rlstruct.evaluation import evaluate_saved, rescore_run, trace_episodes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean")
     parser.add_argument("--video", metavar="FILE", help="record the first episode to FILE (.gif or .mp4)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument("--trace", action="store_true",
+                        help="planar MuJoCo tasks: print each episode's reward, distance and root pitch "
+                             "(tells a slow gait from episodes where the agent gets stuck)")
     parser.add_argument("--rescore", action="store_true",
                         help="make this (deterministic) evaluation the run folder's final evaluation in "
                              "metrics.json, keeping the old one under final_eval_history")
@@ -43,6 +47,16 @@ def main(argv=None) -> int:
             final = rescore_run(args.path, args.episodes, args.seed, " ".join(["python evaluate.py", *(argv or sys.argv[1:])]))
         print(f"{args.path}: final evaluation now {final['mean']:.1f} +- {final['std']:.1f} "
               f"(std over {final['episodes']} episodes from seed {final['eval_seed']})")
+        return 0
+    if args.trace:
+        with report_errors():
+            if args.video or args.rescore:
+                raise RLStructError("--trace prints per-episode figures; run --video/--rescore separately")
+            rows = trace_episodes(args.path, args.episodes, args.seed, deterministic=not args.stochastic)
+        print(f"{'episode':>7} {'reward':>9} {'length':>6} {'distance':>8} {'final pitch':>11} {'max |pitch|':>11}")
+        for i, row in enumerate(rows):
+            print(f"{i:7d} {row['reward']:9.1f} {row['length']:6d} {row['distance']:8.1f} "
+                  f"{row['final_pitch']:+11.2f} {row['max_abs_pitch']:11.2f}")
         return 0
     with report_errors():
         result = evaluate_saved(

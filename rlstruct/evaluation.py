@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -148,6 +148,47 @@ def evaluate_saved(
         rewards=rewards,
         params=(model.policy if hasattr(model, "policy") else model).parameter_counts(),
     )
+
+
+PLANAR_ROOT_JOINTS = ("rootx", "rootz", "rooty")
+
+
+def trace_episodes(path: str, episodes: int = 10, seed: int = 0, deterministic: bool = True) -> List[Dict[str, Any]]:
+    """Per-episode gait figures of a planar MuJoCo task (HalfCheetah, Hopper, Walker2d).
+
+    For each of ``episodes`` episodes (the same episode set as :func:`evaluate_saved` with the same
+    ``seed``): its reward, its length, the distance its root travelled (``rootx``) and its root
+    pitch (``rooty``, radians: 0 level, +-pi on its back), final and largest in magnitude. Tells
+    a policy whose gait is slow apart from one that gets stuck in some episodes and not others:
+    both lower the mean reward, only the second makes it bimodal.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise RLStructError(f"{folder} does not exist; pass a run folder or a policies/NAME folder")
+    model, venv, env_id, _ = _load_saved(folder, seed)
+    sim = _base_env(venv).unwrapped
+    names = tuple(sim.model.joint(i).name for i in range(min(3, sim.model.njnt))) if hasattr(sim, "model") else ()
+    if names != PLANAR_ROOT_JOINTS:
+        venv.close()
+        raise RLStructError(
+            f"--trace needs a planar MuJoCo task whose first joints are {', '.join(PLANAR_ROOT_JOINTS)} "
+            f"(HalfCheetah, Hopper, Walker2d); {env_id} has {names or 'no MuJoCo joints'}"
+        )
+    rows: List[Dict[str, Any]] = []
+    obs = venv.reset()
+    start_x, pitches = float(sim.data.qpos[0]), []
+    while len(rows) < episodes:
+        action, _ = model.predict(obs, deterministic=deterministic)
+        x, pitch = float(sim.data.qpos[0]), float(sim.data.qpos[2])  # before the step: a done step resets
+        obs, _, dones, infos = venv.step(action)
+        pitches.append(pitch)
+        if dones[0]:
+            episode = infos[0]["episode"]  # Monitor's record: the raw undiscounted reward
+            rows.append(dict(reward=float(episode["r"]), length=int(episode["l"]), distance=x - start_x,
+                             final_pitch=pitch, max_abs_pitch=float(np.max(np.abs(pitches)))))
+            start_x, pitches = float(sim.data.qpos[0]), []
+    venv.close()
+    return rows
 
 
 def rescore_run(path: str, episodes: int, seed: int, command: Optional[str] = None) -> Dict[str, Any]:

@@ -254,6 +254,27 @@ def test_evaluate_records_a_video(tmp_path):
         assert gif.info["duration"] == 40
 
 
+def test_evaluate_trace_matches_the_evaluation(tmp_path):
+    proc = run_cli("train.py", "env=hopper", "policy=toeplitz", "total_timesteps=256", "progress_bar=false",
+                   "eval.freq=0", "eval.final_episodes=1", "checkpoint.freq=0", "algo.kwargs.n_steps=256",
+                   f"out_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    evaluated = json.loads(run_cli("evaluate.py", str(run_dir), "--episodes", "3", "--seed", "7", "--json").stdout)
+    proc = run_cli("evaluate.py", str(run_dir), "--episodes", "3", "--seed", "7", "--trace")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.strip().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == [0, 1, 2]
+    # the same episode set as the evaluation: the same rewards, to the printed digit
+    assert [float(r[1]) for r in rows] == pytest.approx(evaluated["rewards"], abs=0.051)
+    for _, _, length, distance, final_pitch, max_pitch in rows:
+        assert 1 <= int(length) <= 1000 and abs(float(final_pitch)) <= float(max_pitch)
+
+
+def test_evaluate_trace_refuses_a_non_planar_task(trained_run):
+    one_line_error(run_cli("evaluate.py", str(trained_run), "--trace"), "planar MuJoCo task", "CartPole-v1")
+
+
 def test_run_settings_are_checked_before_training():
     from rlstruct.config import RunConfig
     from rlstruct.errors import RLStructError
