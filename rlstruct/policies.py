@@ -25,6 +25,7 @@ from torch import nn
 
 from rlstruct.errors import RLStructError
 from rlstruct.layers import StructuredLinear, make_layer
+from rlstruct.layers.batched import built_weights, linear_with
 
 ACTIVATIONS: Dict[str, Type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -100,15 +101,35 @@ class StructuredMlpExtractor(nn.Module):
         self.latent_dim_vf = int(vf_sizes[-1]) if vf_sizes else feature_dim
 
     def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_actor(features), self.forward_critic(features)
+        latent_pi, latent_vf = self._run((self.policy_net, self.value_net), features)
+        return latent_pi, latent_vf
 
     def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
         """Shape: ``(batch, features_dim) -> (batch, latent_dim_pi)``."""
-        return self.policy_net(features)
+        return self._run((self.policy_net,), features)[0]
 
     def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
         """Shape: ``(batch, features_dim) -> (batch, latent_dim_vf)``."""
-        return self.value_net(features)
+        return self._run((self.value_net,), features)[0]
+
+    @staticmethod
+    def _run(nets: Tuple[nn.Sequential, ...], features: torch.Tensor) -> List[torch.Tensor]:
+        """Each net on ``features``. With gradients on, every structured layer that would build
+        its ``W`` gets it from one shared autograd node first (one Python node per minibatch
+        instead of one per layer, forward and backward: ``rlstruct.layers.batched``); the other
+        layers, and every forward without gradients (rollouts: cached ``W``), run as usual."""
+        if not (torch.is_grad_enabled() and features.dim() == 2):
+            return [net(features) for net in nets]
+        layers = [m for net in nets for m in net if isinstance(m, StructuredLinear)]
+        weights = dict(zip(map(id, layers), built_weights(layers, features)))
+        outs = []
+        for net in nets:
+            x = features
+            for module in net:
+                weight = weights.get(id(module))
+                x = module(x) if weight is None else linear_with(module, x, weight)
+            outs.append(x)
+        return outs
 
 
 def _split_net_arch(net_arch: Any) -> Tuple[List[int], List[int]]:

@@ -218,19 +218,35 @@ class StructuredLinear(nn.Module):
             training = any(p.requires_grad for p in self._parameters.values() if p is not None)
             if not training and self._width <= self.inference_dense_threshold:
                 return F.linear(x, self._weight_for_inference(), self.bias)
-        if (
-            training and self._width <= self.dense_threshold
-            and (self._threshold_given or not self.train_structured(x.numel() // self.in_features))
-        ):
-            if self.fused_training and x.dim() == 2:
-                inputs = self._fused_inputs(x)
-                if inputs is not None:
-                    return _BuiltLinear.apply(self, x, self.bias, *inputs)
+        if training and self._builds_for(x.numel() // self.in_features):
+            inputs = self._fused_inputs(x) if self.fused_training and x.dim() == 2 else None
+            if inputs is not None:
+                return _BuiltLinear.apply(self, x, self.bias, *inputs)
             return F.linear(x, self.to_dense(), self.bias)
         lead = x.shape[:-1]
         y = self.apply_structured(x.reshape(-1, self.in_features))
         y = y.reshape(*lead, self.out_features)
         return y + self.bias if self.bias is not None else y
+
+    def _builds_for(self, rows: int) -> bool:
+        """Whether a training forward on ``rows`` input rows builds ``W`` (then multiplies)
+        rather than applying the structure: :attr:`dense_threshold`, then the per-batch rule."""
+        return self._width <= self.dense_threshold and (
+            self._threshold_given or not self.train_structured(rows)
+        )
+
+    def fused_build_inputs(self, like: torch.Tensor, rows: int) -> Optional[Tuple[torch.Tensor, ...]]:
+        """What :meth:`forward` would hand its fused build for a training input of ``rows`` rows
+        with ``like``'s dtype and device (2-D), or ``None`` where it would take another path.
+
+        For :func:`rlstruct.layers.batched.built_weights`, which builds several layers' ``W`` in
+        one autograd node: the same path as :meth:`forward`, chosen by the same rule.
+        """
+        if not (self.fused_training and like.dim() == 2 and torch.is_grad_enabled()):
+            return None
+        if not any(p.requires_grad for p in self._parameters.values() if p is not None):
+            return None
+        return self._fused_inputs(like) if self._builds_for(rows) else None
 
     def extra_repr(self) -> str:
         text = (

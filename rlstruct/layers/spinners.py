@@ -88,9 +88,11 @@ class HD3Linear(SpinnerLinear):
             self.d3.mul_(gain)
 
     def train_structured(self, rows: int) -> bool:
-        # The build transforms `in` identity rows, the product `rows` inputs: at or below
-        # that many rows the product (fwd+bwd) is cheaper (Paths table).
-        return rows <= self.in_features
+        # The build transforms `in` identity rows, the product `rows` inputs: below that many
+        # rows the product (fwd+bwd) is cheaper (Paths table). At equal counts the two cost the
+        # same transforms and the build joins a network's one batched build node
+        # (rlstruct.layers.batched), which saves more than its matmuls cost.
+        return rows < self.in_features
 
     # fused training path (learned mode, no output scale): W^T is the product applied to the
     # identity, built by the kernel, and the matmul joins it in one autograd node
