@@ -233,12 +233,20 @@ def test_unknown_optimizer(tmp_path):
     one_line_error(proc, "unknown optimizer 'adamw2'")
 
 
-def test_evaluate_records_a_video(tmp_path):
+@pytest.fixture(scope="module")
+def hopper_run(tmp_path_factory) -> Path:
+    """A 256-step Hopper run (untrained: its episodes end quickly), for what needs MuJoCo."""
+    out = tmp_path_factory.mktemp("hopper")
     proc = run_cli("train.py", "env=hopper", "policy=kama", "total_timesteps=256", "progress_bar=false",
                    "eval.freq=0", "eval.final_episodes=1", "checkpoint.freq=0", "algo.kwargs.n_steps=256",
-                   f"out_dir={tmp_path}")
+                   f"out_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def test_evaluate_records_a_video(hopper_run, tmp_path):
+    run_dir = hopper_run
     video = tmp_path / "hopper.gif"
     proc = run_cli("evaluate.py", str(run_dir), "--episodes", "1", "--video", str(video))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -254,12 +262,8 @@ def test_evaluate_records_a_video(tmp_path):
         assert gif.info["duration"] == 40
 
 
-def test_evaluate_trace_matches_the_evaluation(tmp_path):
-    proc = run_cli("train.py", "env=hopper", "policy=toeplitz", "total_timesteps=256", "progress_bar=false",
-                   "eval.freq=0", "eval.final_episodes=1", "checkpoint.freq=0", "algo.kwargs.n_steps=256",
-                   f"out_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+def test_evaluate_trace_matches_the_evaluation(hopper_run):
+    run_dir = hopper_run
     evaluated = json.loads(run_cli("evaluate.py", str(run_dir), "--episodes", "3", "--seed", "7", "--json").stdout)
     proc = run_cli("evaluate.py", str(run_dir), "--episodes", "3", "--seed", "7", "--trace")
     assert proc.returncode == 0, proc.stderr[-2000:]
