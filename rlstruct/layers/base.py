@@ -19,7 +19,7 @@ reuses the built ``W`` until a parameter changes (rollouts then cost what ``nn.L
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -214,8 +214,7 @@ class StructuredLinear(nn.Module):
                 return F.linear(x, self._weight_for_inference(), self.bias)
             training = False
         else:
-            # Only direct parameters: every family keeps its structure on the layer itself.
-            training = any(p.requires_grad for p in self._parameters.values() if p is not None)
+            training = self._trains()
             if not training and self._width <= self.inference_dense_threshold:
                 return F.linear(x, self._weight_for_inference(), self.bias)
         if training and self._builds_for(x.numel() // self.in_features):
@@ -227,6 +226,11 @@ class StructuredLinear(nn.Module):
         y = self.apply_structured(x.reshape(-1, self.in_features))
         y = y.reshape(*lead, self.out_features)
         return y + self.bias if self.bias is not None else y
+
+    def _trains(self) -> bool:
+        """Whether any structured parameter requires grad (only direct parameters: every family
+        keeps its structure on the layer itself)."""
+        return any(p.requires_grad for p in self._parameters.values() if p is not None)
 
     def _builds_for(self, rows: int) -> bool:
         """Whether a training forward on ``rows`` input rows builds ``W`` (then multiplies)
@@ -244,7 +248,7 @@ class StructuredLinear(nn.Module):
         """
         if not (self.fused_training and like.dim() == 2 and torch.is_grad_enabled()):
             return None
-        if not any(p.requires_grad for p in self._parameters.values() if p is not None):
+        if not self._trains():
             return None
         return self._fused_inputs(like) if self._builds_for(rows) else None
 
@@ -288,12 +292,12 @@ class _BuiltLinear(torch.autograd.Function):
         x, bias, *inputs = ctx.saved_tensors
         need = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph: through the differentiable reference
-            leaves = (x, bias, *inputs)
-            wanted = [t for t, k in zip(leaves, need[1:]) if k]
             with torch.enable_grad():
-                y = F.linear(x, layer._fused_reference(tuple(inputs)), bias)
-                found = iter(torch.autograd.grad(y, wanted, grad, create_graph=True))
-            return (None, *[next(found) if k else None for k in need[1:]])
+                weight = layer._fused_reference(tuple(inputs))  # W (out, in)
+                grad_x = grad.mm(weight) if need[1] else None
+                grad_b = grad.sum(0) if bias is not None and need[2] else None
+                grads = reference_build_grads(weight, inputs, need[3:], grad.t().mm(x))
+            return (None, grad_x, grad_b, *grads)
         grad_x = grad.mm(ctx.wt.t()) if need[1] else None
         grad_b = grad.sum(0) if bias is not None and need[2] else None
         if any(need[3:]):
@@ -303,3 +307,13 @@ class _BuiltLinear(torch.autograd.Function):
         else:
             grads = [None] * len(inputs)
         return (None, grad_x, grad_b, *grads)
+
+
+def reference_build_grads(weight: torch.Tensor, inputs: Sequence[torch.Tensor], wanted: Sequence[bool],
+                          grad_weight: torch.Tensor) -> List[Optional[torch.Tensor]]:
+    """Gradients of the build ``inputs`` (``None`` where not ``wanted``) from ``grad_weight``,
+    the gradient of ``weight`` (``W``, ``(out, in)``, built from ``inputs`` by the family's
+    differentiable ``_fused_reference``), with a graph for double backward (``create_graph``)."""
+    leaves = [t for t, k in zip(inputs, wanted) if k]
+    found = iter(torch.autograd.grad(weight, leaves, grad_weight, create_graph=True) if leaves else ())
+    return [next(found) if k else None for k in wanted]

@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch.nn import functional as F
 
-from rlstruct.layers.base import StructuredLinear
+from rlstruct.layers.base import StructuredLinear, reference_build_grads
 
 
 def built_weights(layers: Sequence[StructuredLinear], like: torch.Tensor, rows: Optional[int] = None
@@ -89,19 +89,12 @@ class _BuiltWeights(torch.autograd.Function):
             if grad is None or not any(wanted):
                 out.extend([None] * count)
             elif torch.is_grad_enabled():  # create_graph: through the differentiable reference
-                out.extend(_reference_grads(layer, inputs, wanted, grad))
+                with torch.enable_grad():
+                    weight = layer._fused_reference(tuple(inputs))  # W (out, in)
+                    grad_w = grad.t() if layer._fused_transposed else grad
+                    out.extend(reference_build_grads(weight, inputs, wanted, grad_w))
             else:
                 found = layer._fused_build_backward(state, grad)
                 out.extend(g if k else None for g, k in zip(found, wanted))
         return (None, None, *out)
 
-
-def _reference_grads(layer: StructuredLinear, inputs: Tuple[torch.Tensor, ...], wanted: Sequence[bool],
-                     grad: torch.Tensor) -> List[Optional[torch.Tensor]]:
-    leaves = [t for t, k in zip(inputs, wanted) if k]
-    with torch.enable_grad():
-        weight = layer._fused_reference(tuple(inputs))  # W (out, in)
-        if layer._fused_transposed:
-            weight = weight.t()
-        found = iter(torch.autograd.grad(weight, leaves, grad, create_graph=True))
-    return [next(found) if k else None for k in wanted]
