@@ -14,8 +14,9 @@ with PPO's defaults (n_steps 2048, batch 64, 10 epochs) and reports, as ratios t
 Timed after a warm-up (a forward/backward on a minibatch, a few predictions: numba kernels
 load, caches fill). The machine is shared and its load drifts, so measurements are paired:
 each structure's ``learn`` runs right after the baseline's, predictions alternate call by call,
-and ratios are medians over ``--rounds`` pairs. The ``dense`` structure (``nn.Linear`` math
-behind the structured policy) shows how far two equal-cost runs differ. A micro section
+and ratios are medians over ``--rounds`` pairs. ``mlp-control`` (a second ``MlpPolicy``) shows
+how far two equal-cost runs differ; ``dense`` (``nn.Linear`` math behind our policy class) what
+the class changes apart from structure. A micro section
 times the KAMA layer (fused CPU kernels and the pure-torch reference path) against
 ``nn.Linear``, and the first-call cost of the numba kernels (cached code vs a fresh compile).
 
@@ -52,6 +53,7 @@ from rlstruct.kernels import dispatch  # noqa: E402
 from rlstruct.layers import available_structures, make_layer  # noqa: E402
 
 BASELINE = "nn.Linear"  # SB3's MlpPolicy
+CONTROL = "mlp-control"  # a second MlpPolicy timed against the first: the noise floor
 
 
 def arch_kwargs(hidden: List[int], activation: str) -> Dict[str, object]:
@@ -69,7 +71,7 @@ def build_model(structure: str, hidden: List[int], seed: int, activation: str = 
     from stable_baselines3 import PPO
 
     kwargs = arch_kwargs(hidden, activation)
-    if structure == BASELINE:
+    if structure in (BASELINE, CONTROL):
         return PPO("MlpPolicy", "Hopper-v5", policy_kwargs=kwargs, seed=seed, device="cpu")
     return PPO("StructuredMlpPolicy", "Hopper-v5", seed=seed, device="cpu",
                policy_kwargs=dict(structure=structure, **kwargs))
@@ -270,7 +272,7 @@ def layer_paths(structures: List[str]) -> List[Dict[str, object]]:
             linear = nn.Linear(*size)
             base = median_time(lambda: linear(x).sum().backward())
             for structure in structures:
-                if structure == "dense":
+                if structure in ("dense", CONTROL):
                     continue
                 times = {}
                 for name, threshold in (("build", 1 << 30), ("structure", 0), ("picked", None)):
@@ -301,7 +303,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    known = available_structures()
+    known = available_structures() + [CONTROL]
     names = known if args.structures == "all" else args.structures.split(",")
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -405,8 +407,10 @@ def write_markdown(path: Path, command: str, rows, micro_rows, product_rows, fir
         f"each ratio is the median of {rounds} such pairs (> 1: faster than dense). "
         "`predict`: `model.predict(obs, deterministic=True)` on single observations "
         "(median call). "
-        "The `dense` structure costs what `nn.Linear` costs: its distance from 1.00 is the "
-        "measurement noise. "
+        f"`{CONTROL}`: a second `MlpPolicy`, timed like a structure: its distance from 1.00 is "
+        "the measurement noise. `dense`: `nn.Linear` math inside our policy class (fused Adam, "
+        "the Gaussian head without a distribution object, the cached no-grad path): what the "
+        "class changes apart from structure. "
         f"torch {torch.__version__}, {os.cpu_count()} cores shared with other jobs: load "
         f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
         f"({ppo_seconds:.0f} s of PPO timing), so absolute numbers are noisy; ratios are "

@@ -22,7 +22,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
+from torch.nn import functional as F
 
+from rlstruct import diag_gaussian
 from rlstruct.errors import RLStructError
 from rlstruct.layers import StructuredLinear, make_layer
 from rlstruct.layers.batched import built_weights, linear_with
@@ -118,7 +120,9 @@ class StructuredMlpExtractor(nn.Module):
         its ``W`` gets it from one shared autograd node first (one Python node per minibatch
         instead of one per layer, forward and backward: ``rlstruct.layers.batched``); the other
         layers, and every forward without gradients (rollouts: cached ``W``), run as usual."""
-        if not (torch.is_grad_enabled() and features.dim() == 2):
+        if not torch.is_grad_enabled():
+            return [_run_cached(net, features) for net in nets]
+        if features.dim() != 2:
             return [net(features) for net in nets]
         layers = [m for net in nets for m in net if isinstance(m, StructuredLinear)]
         weights = dict(zip(map(id, layers), built_weights(layers, features)))
@@ -130,6 +134,20 @@ class StructuredMlpExtractor(nn.Module):
                 x = module(x) if weight is None else linear_with(module, x, weight)
             outs.append(x)
         return outs
+
+
+def _run_cached(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` without gradients, the structured layers multiplying by their cached ``W``
+    directly: a rollout step then skips each layer's module call and path checks, which at RL
+    widths cost about as much as the matmul itself."""
+    for module in net:
+        if isinstance(module, StructuredLinear) and module._width <= module.inference_dense_threshold:
+            if x.shape[-1] != module.in_features:
+                module.check_input(x)
+            x = F.linear(x, module._weight_for_inference(), module.bias)
+        else:
+            x = module(x)
+    return x
 
 
 def _split_net_arch(net_arch: Any) -> Tuple[List[int], List[int]]:
@@ -244,6 +262,45 @@ class StructuredActorCriticPolicy(ActorCriticPolicy):
             module.init_like_orthogonal(gain)
         else:
             ActorCriticPolicy.init_weights(module, gain)
+
+    def _plain_gaussian(self) -> bool:
+        """Whether actions come from SB3's diagonal Gaussian (no gSDE): :mod:`rlstruct.diag_gaussian`."""
+        return isinstance(self.action_dist, DiagGaussianDistribution) and not self.use_sde
+
+    def _latents(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(latent_pi, latent_vf)`` as SB3's ``forward`` and ``evaluate_actions`` compute them."""
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            return self.mlp_extractor(features)
+        pi_features, vf_features = features
+        return self.mlp_extractor.forward_actor(pi_features), self.mlp_extractor.forward_critic(vf_features)
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SB3's ``forward`` (actions, values, log-probabilities: ``(batch, *act_shape)``,
+        ``(batch, 1)``, ``(batch,)``); a diagonal Gaussian head samples and scores without a
+        ``torch.distributions`` object (bitwise the same tensors and random draws)."""
+        if not self._plain_gaussian():
+            return super().forward(obs, deterministic)
+        latent_pi, latent_vf = self._latents(obs)
+        values = self.value_net(latent_vf)
+        mean = self.action_net(latent_pi)
+        std = diag_gaussian.action_std(mean, self.log_std)
+        actions = mean if deterministic else diag_gaussian.sample(mean, std)
+        log_prob = diag_gaussian.log_prob(actions, mean, std)
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob
+
+    def evaluate_actions(self, obs: torch.Tensor, actions: torch.Tensor
+                         ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """SB3's ``evaluate_actions`` (values ``(batch, 1)``, log-probabilities and entropy
+        ``(batch,)``), the diagonal Gaussian head as in :meth:`forward`: same values and gradients."""
+        if not self._plain_gaussian():
+            return super().evaluate_actions(obs, actions)
+        latent_pi, latent_vf = self._latents(obs)
+        mean = self.action_net(latent_pi)
+        std = diag_gaussian.action_std(mean, self.log_std)
+        log_prob = diag_gaussian.log_prob(actions, mean, std)
+        values = self.value_net(latent_vf)
+        return values, log_prob, diag_gaussian.entropy(std)
 
     def _predict(self, observation: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         """SB3's ``_predict``, with the deterministic action computed without a distribution object.

@@ -198,3 +198,50 @@ def test_deterministic_predict_equals_sb3s_distribution_path(env_id):
         sampled = policy._predict(obs, deterministic=False)
         torch.manual_seed(0)
         assert torch.equal(sampled, policy.get_distribution(obs).get_actions(False))
+
+
+@pytest.mark.parametrize("structure", ["kama", "toeplitz", "hd3", "dense"])
+@pytest.mark.parametrize("share", [True, False])
+def test_gaussian_head_is_bitwise_sb3s_distribution_path(structure, share):
+    """``forward`` and ``evaluate_actions`` without the distribution object give SB3's exact
+    tensors, random draws and gradients (rollouts with and without gradients, PPO's loss)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    kwargs = dict(structure=structure, share_features_extractor=share)
+    policy = PPO("StructuredMlpPolicy", gym.make("Pendulum-v1"), policy_kwargs=kwargs, seed=0).policy
+    policy.log_std.data.fill_(-0.3)  # a std away from 1, so the formulas are exercised
+    obs, actions = torch.randn(33, 3), torch.randn(33, 1)
+    for deterministic in (False, True):
+        with torch.no_grad():
+            torch.manual_seed(5)
+            ours = policy(obs, deterministic)
+            torch.manual_seed(5)
+            sb3 = ActorCriticPolicy.forward(policy, obs, deterministic)
+        assert all(torch.equal(a, b) for a, b in zip(ours, sb3))
+        assert ours[2].shape == (33,)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grads = []
+    for evaluate in (policy.evaluate_actions, lambda o, a: ActorCriticPolicy.evaluate_actions(policy, o, a)):
+        values, log_prob, entropy = evaluate(obs, actions)
+        grads.append(([values, log_prob, entropy],
+                      torch.autograd.grad((values.sum() + log_prob.sum() - entropy.sum()), params)))
+    (ours, ours_grad), (sb3, sb3_grad) = grads
+    assert all(torch.equal(a, b) for a, b in zip(ours, sb3))
+    assert all(torch.equal(a, b) for a, b in zip(ours_grad, sb3_grad))
+
+
+def test_gaussian_head_names_a_diverged_policy():
+    policy = PPO("StructuredMlpPolicy", gym.make("Pendulum-v1"), policy_kwargs=dict(structure="kama"), seed=0).policy
+    policy.action_net.bias.data.fill_(float("nan"))
+    with pytest.raises(RLStructError, match="NaN: training diverged"):
+        policy(torch.zeros(2, 3))
+
+
+def test_rollout_path_checks_the_input_width():
+    """The no-grad extractor path multiplies by cached W directly; a wrong width still gets our error."""
+    policy = PPO("StructuredMlpPolicy", gym.make("Pendulum-v1"), policy_kwargs=dict(structure="kama"), seed=0).policy
+    with torch.no_grad(), pytest.raises(RLStructError, match="last dimension 3"):
+        policy.mlp_extractor.forward_actor(torch.zeros(2, 5))
+    with torch.no_grad():
+        latent = policy.mlp_extractor.forward_actor(torch.ones(4, 3))
+    torch.testing.assert_close(latent, policy.mlp_extractor.policy_net(torch.ones(4, 3)))
