@@ -119,7 +119,7 @@ class StructuredMlpExtractor(nn.Module):
         """Each net on ``features``. With gradients on, every structured layer that would build
         its ``W`` gets it from one shared autograd node first (one Python node per minibatch
         instead of one per layer, forward and backward: ``rlstruct.layers.batched``); the other
-        layers, and every forward without gradients (rollouts: cached ``W``), run as usual."""
+        layers run as usual. Without gradients (rollouts) see :func:`_run_cached`."""
         if not torch.is_grad_enabled():
             return [_run_cached(net, features) for net in nets]
         if features.dim() != 2:
