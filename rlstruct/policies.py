@@ -22,7 +22,6 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.distributions import CategoricalDistribution, DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
-from torch.nn import functional as F
 
 from rlstruct import diag_gaussian
 from rlstruct.errors import RLStructError
@@ -141,10 +140,8 @@ def _run_cached(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     directly: a rollout step then skips each layer's module call and path checks, which at RL
     widths cost about as much as the matmul itself."""
     for module in net:
-        if isinstance(module, StructuredLinear) and module._width <= module.inference_dense_threshold:
-            if x.shape[-1] != module.in_features:
-                module.check_input(x)
-            x = F.linear(x, module._weight_for_inference(), module.bias)
+        if isinstance(module, StructuredLinear) and module.infers_dense:
+            x = module.forward_cached(x)
         else:
             x = module(x)
     return x

@@ -91,3 +91,27 @@ def test_unknown_option_names_accepted_ones():
 def test_wrong_input_width():
     with pytest.raises(RLStructError, match="last dimension 4"):
         make_layer("toeplitz", 4, 4)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("structure", ["toeplitz", "kama"])
+def test_frozen_layer_takes_the_cached_path_and_still_passes_input_gradients(structure):
+    """A layer that trains nothing (frozen parameters, gradients on) multiplies by the cached W,
+    as under ``no_grad``; the input still gets its gradient, the structure none; a wide-enough
+    ``inference_dense_threshold`` of 0 sends the same forward through the structure instead."""
+    torch.manual_seed(0)
+    layer = make_layer(structure, 7, 5).double().requires_grad_(False)
+    assert layer.infers_dense
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert layer._cached_weight is not None  # filled by this forward
+    expected = x @ layer.to_dense().t() + layer.bias
+    torch.testing.assert_close(y, expected)
+    (grad_x,) = torch.autograd.grad(y.sum(), [x])
+    torch.testing.assert_close(grad_x, torch.ones(4, 5, dtype=torch.float64) @ layer.to_dense())
+    with pytest.raises(RLStructError, match="last dimension 7"):
+        layer.forward_cached(torch.randn(4, 6, dtype=torch.float64))
+    layer.inference_dense_threshold = 0
+    assert not layer.infers_dense
+    layer._cached_weight = None
+    torch.testing.assert_close(layer(x), expected)
+    assert layer._cached_weight is None  # went through apply_structured

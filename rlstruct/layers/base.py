@@ -182,6 +182,23 @@ class StructuredLinear(nn.Module):
         """Whether a training forward (gradients on) builds ``W`` rather than applying the structure."""
         return self._width <= self.dense_threshold
 
+    @property
+    def infers_dense(self) -> bool:
+        """Whether a forward that trains nothing multiplies by the cached ``W``
+        (width within :attr:`inference_dense_threshold`): see :meth:`forward_cached`."""
+        return self._width <= self.inference_dense_threshold
+
+    def forward_cached(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T + b`` with ``W`` built once and reused until a parameter changes; no
+        gradient reaches the structure. Rollouts and ``predict`` take this path, so a forward
+        costs what ``nn.Linear``'s does.
+
+        Shape: ``(..., in_features) -> (..., out_features)``.
+        """
+        if x.shape[-1] != self.in_features:
+            self.check_input(x)
+        return F.linear(x, self._weight_for_inference(), self.bias)
+
     def _weight_for_inference(self) -> torch.Tensor:
         # Without autograd the built matrix can be reused until a parameter is modified.
         # Parameter `_version` counters are bumped by every in-place update (optimizer steps,
@@ -206,17 +223,11 @@ class StructuredLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: ``(..., in_features) -> (..., out_features)``."""
+        training = torch.is_grad_enabled() and self._trains()
+        if not training and self.infers_dense:
+            return self.forward_cached(x)
         if x.shape[-1] != self.in_features:
             self.check_input(x)
-        if not torch.is_grad_enabled():
-            if self._width <= self.inference_dense_threshold:
-                # Rollouts and predict: the cached W makes a forward cost what nn.Linear costs.
-                return F.linear(x, self._weight_for_inference(), self.bias)
-            training = False
-        else:
-            training = self._trains()
-            if not training and self._width <= self.inference_dense_threshold:
-                return F.linear(x, self._weight_for_inference(), self.bias)
         if training and self._builds_for(x.numel() // self.in_features):
             inputs = self._fused_inputs(x) if self.fused_training and x.dim() == 2 else None
             if inputs is not None:
