@@ -502,3 +502,14 @@ def _stop_processes_naming(text: str, timeout_s: float = 5.0) -> None:
         deadline = time.time() + timeout_s
         while matching() and time.time() < deadline:
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("env, bonus", [("walker2d", 1.0), ("ant", 1.0), ("humanoid", 5.0)])
+def test_hard_task_experiment_composes_es_with_the_env_shift_and_yields_to_the_command_line(tmp_path, env, bonus):
+    cfg = tiny_config(tmp_path, **{"+experiment": "es_hard", "env": env, "policy": "toeplitz",
+                                   "algo.directions": 60})
+    assert cfg["algo"]["name"] == "es" and cfg["algo"]["n_workers"] == 2
+    assert cfg["algo"]["alive_bonus"] == bonus  # conf/env_algo/<env>_es.yaml still applies
+    assert cfg["algo"]["directions"] == 60 and cfg["algo"]["top_b"] == 16
+    assert cfg["resume"] is True and cfg["out_dir"] == "results/es_hard"
+    assert cfg["eval"]["final_episodes"] == 30
